@@ -1,0 +1,141 @@
+"""tasks/bootstrap.py on a fresh real host: systemd + sshd + sudo + python3, nothing else."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import pytest
+
+from tests.conftest import WATCHME, assert_idempotent, run_deploy
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def first_run(deploy, host):
+    assert not host.package("nginx").is_installed, "the test host must start bare"
+    run = deploy()
+    assert run.rc == 0, run.stderr[-3000:]
+    return run
+
+
+def test_first_run_changes_the_bare_host(first_run):
+    changed = first_run.changed()
+    assert "Install nginx, docker.io, curl, docker-compose" in changed
+    assert "Config root /home/ubuntu/watchme-server-configs" in changed
+
+
+@pytest.mark.parametrize("service", ["nginx", "docker"])
+def test_service_active_and_enabled(first_run, host, service):
+    svc = host.service(service)
+    assert svc.is_running
+    assert svc.is_enabled
+
+
+def test_docker_engine_answers(first_run, host):
+    assert host.run("docker info --format '{{.ServerVersion}}'").rc == 0
+    assert host.socket("unix:///run/docker.sock").is_listening
+
+
+def test_nginx_listens(first_run, host):
+    assert host.socket("tcp://0.0.0.0:80").is_listening
+
+
+def test_deploy_user_in_docker_group(first_run, host):
+    assert "docker" in host.user("ubuntu").groups
+
+
+def test_compose_installed_as_detected(first_run, host):
+    # Debian bookworm ships compose v1 as `docker-compose`; the fact picked it.
+    out = host.check_output("/usr/bin/docker-compose version --short")
+    assert out.startswith("1.")
+
+
+def test_swap_skip_reported_on_a_container(first_run, host):
+    assert "swap: skipped, a docker container cannot enable swap" in first_run.stderr
+    assert not host.file("/swapfile").exists
+
+
+def test_config_root_owner_and_mode(first_run, host):
+    root = host.file("/home/ubuntu/watchme-server-configs")
+    assert root.is_directory
+    assert (root.user, root.group, root.mode) == ("root", "root", 0o755)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_wrong_key_is_one_line_error(first_run, testhost, tmp_path):
+    key = tmp_path / "wrong"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    run = run_deploy({"WATCHME_HOSTS": f"ubuntu@127.0.0.1:{testhost.port}",
+                      "WATCHME_SSH_KEY": str(key), "WATCHME_KNOWN_HOSTS": testhost.known_hosts},
+                     tool=WATCHME)
+    assert run.rc != 0
+    assert run.last_line.startswith(f"deploy failed: 127.0.0.1:{testhost.port}: Authentication error")
+
+
+def test_unknown_host_key_is_refused(first_run, testhost, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    run = run_deploy({"WATCHME_HOSTS": f"ubuntu@127.0.0.1:{testhost.port}",
+                      "WATCHME_SSH_KEY": testhost.key, "WATCHME_KNOWN_HOSTS": str(empty)},
+                     tool=WATCHME)
+    assert run.rc != 0
+    assert f"127.0.0.1:{testhost.port}: SSH error (StrictPolicy: No host key" in run.last_line
+
+
+def test_unreachable_host_is_one_line_error(first_run, testhost):
+    port = _free_port()
+    run = run_deploy({"WATCHME_HOSTS": f"ubuntu@127.0.0.1:{port}", "WATCHME_SSH_KEY": testhost.key,
+                      "WATCHME_KNOWN_HOSTS": testhost.known_hosts}, tool=WATCHME)
+    assert run.rc != 0
+    assert run.last_line.startswith(f"deploy failed: 127.0.0.1:{port}: Could not connect")
+
+
+def test_operator_env_form_works(first_run, testhost):
+    """The README's production form, pointed at the test host: key + known_hosts only."""
+    run = run_deploy({"WATCHME_HOSTS": f"ubuntu@127.0.0.1:{testhost.port}",
+                      "WATCHME_SSH_KEY": testhost.key, "WATCHME_KNOWN_HOSTS": testhost.known_hosts},
+                     "--json")
+    assert run.rc == 0, run.stderr[-2000:]
+    assert run.totals["success"] == 0
+
+
+def test_unsupported_distro_refused_before_any_change(first_run, deploy, host):
+    host.run("cp --remove-destination /usr/lib/os-release /tmp/os-release.keep && "
+             "rm /etc/os-release && printf 'ID=alpine\\nPRETTY_NAME=\"Alpine Linux v3.20\"\\n'"
+             " > /etc/os-release && rm -rf /home/ubuntu/watchme-server-configs")
+    try:
+        run = deploy()
+        assert run.rc != 0
+        assert "unsupported distro Alpine Linux v3.20" in run.last_line
+        assert "127.0.0.1:" in run.last_line
+        assert not host.file("/home/ubuntu/watchme-server-configs").exists, "changed the host"
+    finally:
+        host.run("rm /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release")
+
+
+def test_no_sudo_refused_before_any_change(first_run, deploy, host, testhost):
+    host.run("mv /etc/sudoers.d/90-ubuntu /root/90-ubuntu && rm -rf /home/ubuntu/watchme-server-configs")
+    try:
+        run = deploy()
+        assert run.rc != 0
+        assert run.last_line.endswith(
+            f"127.0.0.1:{testhost.port}: user ubuntu cannot sudo without a password; fix: "
+            "give the deploy user passwordless sudo (as `ubuntu` has on EC2)")
+    finally:
+        # Without sudo, testinfra (which logs in as ubuntu) cannot undo this: use docker.
+        subprocess.run(["docker", "exec", testhost.name, "mv", "/root/90-ubuntu",
+                        "/etc/sudoers.d/90-ubuntu"], check=True)
+    assert not host.file("/home/ubuntu/watchme-server-configs").exists, "changed the host"
+
+
+def test_second_run_changes_nothing(first_run, deploy):
+    """Runs last: the earlier error tests removed the config root, so converge, then gate."""
+    assert deploy().rc == 0
+    assert_idempotent(deploy)

@@ -1,0 +1,308 @@
+"""The shipped registry matches the seed, and every kind of mistake is rejected with a
+message naming the entry, the field and the fix."""
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Importable without installing the package (pyproject.toml sets no pythonpath).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from watchme.registry import DEFAULT_PATH, HOST_MEMORY_MIB, OS_RESERVE_MIB, RegistryError, load, load_data
+
+# The seed's table "現在の接続状況" (13 containers on watchme-network).
+SEED_CONTAINERS = {
+    "watchme-scheduler-prod": "172.27.0.2",
+    "api-transcriber": "172.27.0.3",
+    "watchme-api-manager-prod": "172.27.0.4",
+    "opensmile-aggregator": "172.27.0.5",
+    "watchme-vault-api": "172.27.0.6",
+    "api_gen_prompt_mood_chart": "172.27.0.7",
+    "api-gpt-v1": "172.27.0.8",
+    "watchme-web-prod": "172.27.0.9",
+    "vibe-transcriber-v2": "172.27.0.10",
+    "api_sed_v1-sed_api-1": "172.27.0.11",
+    "opensmile-api": "172.27.0.12",
+    "watchme-admin": "172.27.0.13",
+    "api-sed-aggregator": "172.27.0.14",
+}
+
+
+# --- the shipped registry ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load()
+
+
+def test_shipped_registry_has_the_seed_containers_and_ips(shipped):
+    assert len(shipped.services) >= 14
+    ips = {s.container: str(s.ip) for s in shipped.services}
+    for container, ip in SEED_CONTAINERS.items():
+        assert ips.get(container) == ip, container
+
+
+def test_shipped_scheduler_transcriber_avatar_as_in_the_seed(shipped):
+    sched = shipped.by_name("scheduler")
+    assert (sched.container, sched.port) == ("watchme-scheduler-prod", 8015)
+    assert sched.upstream_url == "http://localhost:8015/api/scheduler/"
+    assert sched.probe_url_path == "/scheduler/status/whisper"
+
+    whisper = shipped.by_name("transcriber")
+    assert (whisper.container, whisper.port, whisper.memory_mib) == ("api-transcriber", 8001, 1024)
+    assert whisper.timeouts.read == "300s"
+    assert whisper.compose_file == "/home/ubuntu/api_whisper_v1/docker-compose.prod.yml"
+
+    avatar = shipped.by_name("avatar")
+    assert avatar.port == 8014 and avatar.upstream_url == "http://localhost:8014/"
+    assert avatar.public_path == "/avatar/" and avatar.max_body_size.lower() == "10m"
+    assert avatar.cors_origins == ["*"]
+    assert avatar.methods == ["GET", "POST", "DELETE", "OPTIONS"]
+    assert str(avatar.ip) == "172.27.0.15" and "ip" in avatar.assumed
+
+
+def test_shipped_memory_fits_the_host(shipped):
+    used = sum(s.memory_mib for s in shipped.enabled_services)
+    assert used + OS_RESERVE_MIB <= HOST_MEMORY_MIB
+    assert shipped.by_name("transcriber").memory_mib == 1024
+
+
+def test_shipped_ports_follow_conventions_and_admin_tools_are_9000s(shipped):
+    for s in shipped.services:
+        assert 8000 <= s.port <= 8099 or 9000 <= s.port <= 9099 or s.port_override, s.name
+    assert 9000 <= shipped.by_name("api-manager").port <= 9099
+    assert 9000 <= shipped.by_name("admin").port <= 9099
+
+
+def test_shipped_guesses_are_marked_assumed(shipped):
+    # The seed gives no port for these; the registry must say the value is a guess.
+    for name in ("vault", "opensmile-aggregator", "web", "admin", "api-manager"):
+        assert "port" in shipped.by_name(name).assumed, name
+    assert "port" not in shipped.by_name("scheduler").assumed
+
+
+def test_shipped_lower_priority_for_what_the_seed_stops_first(shipped):
+    worst = max(s.priority for s in shipped.services)
+    for name in ("opensmile-aggregator", "sed-aggregator"):
+        assert shipped.by_name(name).priority == worst
+
+
+# --- a small valid registry to break --------------------------------------------------
+
+BASE = {"services": [
+    {"name": "alpha", "description": "a", "container": "alpha-c", "ip": "172.27.0.20", "port": 8020,
+     "public_path": "/alpha/", "upstream_path": "/api/alpha/", "memory_limit": "64m", "priority": 1,
+     "compose_file": "/home/ubuntu/alpha/docker-compose.prod.yml"},
+    {"name": "beta", "description": "b", "container": "beta-c", "ip": "172.27.0.21", "port": 8021,
+     "public_path": "/beta/", "upstream_path": "/", "memory_limit": "1g", "priority": 2,
+     "compose_file": "/home/ubuntu/beta/docker-compose.prod.yml"},
+]}
+
+
+def broken(**changes):
+    """BASE with alpha's fields changed (None deletes the field)."""
+    data = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if value is None:
+            del data["services"][0][key]
+        else:
+            data["services"][0][key] = value
+    return data
+
+
+def errors(data):
+    with pytest.raises(RegistryError) as e:
+        load_data(data)
+    return str(e.value)
+
+
+def test_base_is_valid_and_defaults_apply():
+    reg = load_data(copy.deepcopy(BASE))
+    alpha, beta = reg.services
+    assert alpha.methods == ["GET", "POST", "OPTIONS"] and alpha.cors_origins == []
+    assert (alpha.max_body_size, alpha.upstream_host) == ("1m", "localhost")
+    assert (alpha.timeouts.connect, alpha.timeouts.read, alpha.timeouts.send) == ("5s", "60s", "60s")
+    assert (alpha.probe.path, alpha.probe.expect) == ("", 200)
+    assert alpha.enabled and alpha.start and not alpha.port_override and alpha.assumed == []
+    assert beta.memory_mib == 1024 and alpha.memory_mib == 64
+    assert alpha.probe_url_path == "/alpha/"
+
+
+def test_unknown_key_names_it_and_lists_allowed_keys():
+    msg = errors(broken(pubic_path="/x/"))
+    assert "services[alpha].pubic_path: unknown key" in msg
+    assert "did you mean 'public_path'" in msg and "allowed keys: name, description" in msg
+
+
+def test_unknown_nested_key():
+    msg = errors(broken(timeouts={"idle": "5s"}))
+    assert "services[alpha].timeouts.idle: unknown key" in msg and "connect, read, send" in msg
+
+
+def test_unknown_top_level_key():
+    data = copy.deepcopy(BASE)
+    data["servics"] = []
+    assert "unknown top-level key 'servics'" in errors(data)
+
+
+def test_missing_required_field():
+    assert "services[alpha].priority: required field is missing" in errors(broken(priority=None))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("public_path", "/beta/"), ("port", 8021), ("container", "beta-c"), ("ip", "172.27.0.21"),
+])
+def test_duplicates_name_both_entries(field, value):
+    msg = errors(broken(**{field: value}))
+    assert f"services[beta].{field}:" in msg and "also used by services[alpha]" in msg
+
+
+def test_duplicate_name_gives_both_positions():
+    msg = errors(broken(name="beta"))
+    assert "services[beta].name: 'beta' names entries 1 and 2" in msg
+
+
+@pytest.mark.parametrize("port", [3001, 8100, 8999, 9100, 80])
+def test_port_outside_conventions(port):
+    msg = errors(broken(port=port))
+    assert f"services[alpha].port: {port} is outside the port conventions" in msg
+    assert "port_override: true" in msg
+
+
+def test_port_override_allows_it():
+    assert load_data(broken(port=3001, port_override=True)).services[0].port == 3001
+
+
+@pytest.mark.parametrize("ip", ["10.0.0.5", "172.28.0.2", "172.27.0.1", "172.27.0.0", "172.27.255.255"])
+def test_ip_outside_network_or_reserved(ip):
+    assert f"services[alpha].ip: {ip} is not a usable address of watchme-network" in errors(broken(ip=ip))
+
+
+def test_ip_not_an_address():
+    assert "services[alpha].ip:" in errors(broken(ip="172.27.0.300"))
+
+
+def test_ip_is_required_but_may_be_null_off_network():
+    assert "services[alpha].ip: required field is missing" in errors(broken(ip=None))
+    data = copy.deepcopy(BASE)
+    data["services"][0]["ip"] = None
+    assert load_data(data).services[0].ip is None
+
+
+@pytest.mark.parametrize("size", ["10MB", "ten", "1.5m", "-1m", ""])
+def test_invalid_size(size):
+    assert "services[alpha].max_body_size:" in errors(broken(max_body_size=size))
+
+
+@pytest.mark.parametrize("size", ["10M", "10m", "512k", "1g", "1024"])
+def test_valid_sizes(size):
+    assert load_data(broken(max_body_size=size)).services[0].max_body_size == size
+
+
+@pytest.mark.parametrize("value", ["5 sec", "-1s", "1.5s", "s", "5S"])
+def test_invalid_time(value):
+    msg = errors(broken(timeouts={"read": value}))
+    assert f"services[alpha].timeouts.read: {value!r} is invalid; use an nginx time" in msg
+
+
+@pytest.mark.parametrize("value", ["300s", "5m", "1m 30s", "500ms", "60"])
+def test_valid_times(value):
+    assert load_data(broken(timeouts={"read": value})).services[0].timeouts.read == value
+
+
+@pytest.mark.parametrize("method", ["get", "FETCH", "CONNECT"])
+def test_invalid_method(method):
+    assert "services[alpha].methods[1]:" in errors(broken(methods=["GET", method]))
+
+
+@pytest.mark.parametrize("field", ["public_path", "upstream_path"])
+def test_paths_must_start_with_slash(field):
+    msg = errors(broken(**{field: "alpha/"}))
+    assert f"services[alpha].{field}: 'alpha/' is invalid; start with '/'" in msg
+
+
+def test_slash_rule_missing_upstream_slash_gives_bfoo():
+    msg = errors(broken(public_path="/a/", upstream_path="/b"))
+    assert "services[alpha].upstream_path:" in msg
+    assert "nginx would send /a/foo upstream as /bfoo" in msg and "'/b/'" in msg
+
+
+def test_slash_rule_extra_upstream_slash_gives_double_slash():
+    msg = errors(broken(public_path="/a", upstream_path="/b/"))
+    assert "services[alpha].upstream_path:" in msg
+    assert "nginx would send /a/foo upstream as /b//foo" in msg and "end public_path with '/'" in msg
+
+
+@pytest.mark.parametrize("value", ["1gb", "512", "64 m", "1.5g", "0m"])
+def test_invalid_memory_limit(value):
+    assert "services[alpha].memory_limit:" in errors(broken(memory_limit=value))
+
+
+def test_memory_budget():
+    msg = errors(broken(memory_limit="700m"))  # 700 + 1024 + 300 > 1900
+    assert "sum to 1724 MiB + 300 MiB OS reserve > 1900 MiB" in msg
+
+
+def test_disabled_service_is_outside_the_budget_and_routes():
+    reg = load_data(broken(memory_limit="700m", enabled=False))
+    assert [s.name for s in reg.enabled_services] == ["beta"]
+    assert reg.by_name("alpha").enabled is False
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"cors_origins": ["hey-watch.me"]}, "cors_origins[0]"),
+    ({"probe": {"path": "/health"}}, "probe.path"),
+    ({"probe": {"expect": 999}}, "probe.expect"),
+    ({"compose_file": "alpha/docker-compose.yml"}, "compose_file"),
+    ({"name": "Alpha"}, "name"),
+    ({"priority": 0}, "priority"),
+    ({"assumed": ["prot"]}, "assumed"),
+    ({"description": "two\nlines"}, "description"),
+    ({"upstream_host": "local host"}, "upstream_host"),
+])
+def test_other_field_checks(changes, field):
+    label = "Alpha" if "name" in changes else "alpha"
+    assert f"services[{label}].{field}:" in errors(broken(**changes))
+
+
+def test_every_problem_is_listed_one_per_line():
+    data = broken(port=3001)
+    data["services"][1].update(max_body_size="10MB", pubic="x", public_path="/alpha/")
+    lines = errors(data).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "services[alpha].port", "services[beta].max_body_size", "services[beta].pubic",
+        "services[beta].public_path"]
+
+
+def test_cross_field_checks_wait_for_the_fields_to_parse():
+    # The port range check needs a valid entry; it is reported on the next run.
+    msg = errors(broken(port=3001, max_body_size="10MB"))
+    assert "max_body_size" in msg and "port" not in msg
+
+
+def test_by_name_unknown():
+    with pytest.raises(KeyError, match="known: alpha, beta"):
+        load_data(copy.deepcopy(BASE)).by_name("gamma")
+
+
+def test_load_from_path_and_errors(tmp_path):
+    good = tmp_path / "services.yaml"
+    good.write_text(yaml.safe_dump(BASE))
+    assert [s.name for s in load(good).services] == ["alpha", "beta"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services: [\n")
+    with pytest.raises(RegistryError, match="cannot read the registry"):
+        load(bad)
+    with pytest.raises(RegistryError, match="cannot read the registry"):
+        load(tmp_path / "missing.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(RegistryError, match="'services:' list"):
+        load(empty)
+
+
+def test_default_path_is_the_shipped_file():
+    assert DEFAULT_PATH.parts[-2:] == ("group_data", "services.yaml") and DEFAULT_PATH.is_file()

@@ -1,0 +1,53 @@
+"""`watchme deploy`: pyinfra with a last line that says what went wrong, and where.
+
+pyinfra reports a failed connection in the middle of its output and ends with "No hosts
+remaining!"; an operator (or CI log) should not have to scroll for the cause. This runs
+`pyinfra inventory.py deploy.py` with the given options, passes its output through, and on
+failure ends with one line per failed host: the host, the cause and, where known, the fix.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONNECT_ERROR = re.compile(
+    r"^\s*\[(?P<host>[^\]]+)\] (?P<cause>(?:Authentication error|Could not connect|SSH error|"
+    r"SSH host key error|Could not resolve hostname|EOF error).*)$")
+FIXES = {
+    "Authentication error": "check WATCHME_SSH_KEY and WATCHME_SSH_USER",
+    "No host key": "add the server's key to known_hosts (or WATCHME_KNOWN_HOSTS) after "
+                   "checking its fingerprint",
+    "does not match": "the server's host key changed: verify it before trusting it",
+    "Could not connect": "is the host up and its SSH port reachable?",
+    "Could not resolve": "check the host name in WATCHME_HOSTS",
+}
+
+
+def failure_lines(output: str) -> list[str]:
+    lines = []
+    for line in output.splitlines():
+        m = CONNECT_ERROR.match(line)
+        if m:
+            fix = next((f for key, f in FIXES.items() if key in m["cause"]), None)
+            lines.append(f"deploy failed: {m['host']}: {m['cause']}" + (f"; fix: {fix}" if fix else ""))
+    return lines
+
+
+def main(args: list[str]) -> int:
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    cmd = [str(pyinfra), *args, "inventory.py", "deploy.py"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    captured = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        captured.append(line)
+    rc = proc.wait()
+    if rc != 0:
+        for line in failure_lines("".join(captured)):
+            print(line, file=sys.stderr)
+    return rc
