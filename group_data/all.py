@@ -23,3 +23,17 @@ supported_distros = ["debian", "ubuntu"]
 # Swap file path and size; the seed's t4g.small runs with 2 GB of swap.
 swap_file = "/swapfile"
 swap_size_mib = 2048
+
+# The service registry, the one source of truth (group_data/services.yaml, or the file in
+# WATCHME_REGISTRY). Loading validates it, so a bad entry stops the run before any SSH.
+import os as _os  # noqa: E402
+import sys as _sys  # noqa: E402
+
+from watchme.registry import RegistryError as _RegistryError, load as _load  # noqa: E402
+
+try:
+    registry = _load(_os.environ.get("WATCHME_REGISTRY") or None)
+except _RegistryError as _e:
+    _sys.exit(f"registry: {_e}")
+# Public name nginx answers to (server_name); the seed's site is api.hey-watch.me.
+server_name = "api.hey-watch.me"
