@@ -3,7 +3,15 @@
     pyinfra -y inventory.py deploy.py            # see README.md
 """
 
-from tasks import bootstrap, connection
+from tasks import bootstrap, connection, lock, disk, memory, monitor, network, nginx, units
 
 connection.tune()
+lock.acquire()  # one deploy at a time: fails at once if another holds the host
+memory.check()  # before any change: refuse a registry the host cannot hold
 bootstrap.apply()
+units.apply(network.apply())  # the network (and compose audit) before the units
+nginx.apply()
+monitor.apply()
+disk.apply()
+monitor.check_now()  # last: the monitor with --fix, after every other change
+lock.release()  # keep last: releases the lock and records the deploy on the host

@@ -47,9 +47,10 @@ class Run:
         return lines[-1] if lines else ""
 
 
-def run_deploy(env: dict[str, str], *args: str, tool: str = PYINFRA) -> Run:
+def run_deploy(env: dict[str, str], *args: str, tool: str = PYINFRA, yes: bool = True) -> Run:
+    """Run the deploy; yes=False (with --dry) makes pyinfra detect and print changes."""
     if tool == PYINFRA:
-        cmd = [PYINFRA, "-y", *args, "inventory.py", "deploy.py"]
+        cmd = [PYINFRA, *(["-y"] if yes else []), *args, "inventory.py", "deploy.py"]
     else:
         cmd = [tool, "deploy", "-y", *args]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}

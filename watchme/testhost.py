@@ -185,6 +185,7 @@ def reap() -> None:
         if owner.isdigit() and not _pid_alive(int(owner)):
             log(f"removing {name}, left by a run that ended (pid {owner})")
             subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)
+            _keep_debs(name)
 
 
 def _wait_for(check, what: str, timeout: float) -> None:
@@ -217,10 +218,16 @@ def start(image: str | None = None, local: bool = False, apt_cache: bool = True)
     flags = list(RUN_FLAGS)
     if apt_cache:
         # Share downloaded .deb files between hosts: each host still installs everything
-        # itself, it just does not fetch the same packages again.
-        archives = CACHE_DIR / "apt-archives"
-        (archives / "partial").mkdir(parents=True, exist_ok=True)
-        flags += ["-v", f"{archives}:/var/cache/apt/archives"]
+        # itself, it just does not fetch the same packages again. Each host gets its own
+        # directory (hard links into the shared one) so parallel hosts never share apt's lock.
+        shared = CACHE_DIR / "apt-archives"
+        mine = CACHE_DIR / "apt-hosts" / name
+        shutil.rmtree(mine, ignore_errors=True)
+        (mine / "partial").mkdir(parents=True)
+        shared.mkdir(parents=True, exist_ok=True)
+        for deb in shared.glob("*.deb"):
+            os.link(deb, mine / deb.name)
+        flags += ["-v", f"{mine}:/var/cache/apt/archives"]
     run(["docker", "run", "-d", "--name", name, "--hostname", "watchme-testhost",
          "--label", f"{LABEL}=1", "--label", f"watchme.owner={owner}", *flags,
          "-p", "127.0.0.1::22", image], capture_output=True)
@@ -259,8 +266,22 @@ def start(image: str | None = None, local: bool = False, apt_cache: bool = True)
     return host
 
 
+def _keep_debs(name: str) -> None:
+    """Hand the packages a host downloaded back to the shared cache."""
+    mine = CACHE_DIR / "apt-hosts" / name
+    shared = CACHE_DIR / "apt-archives"
+    for deb in mine.glob("*.deb"):
+        if not (shared / deb.name).exists():
+            try:
+                os.link(deb, shared / deb.name)
+            except OSError:
+                pass
+    shutil.rmtree(mine, ignore_errors=True)
+
+
 def stop(name: str) -> None:
     subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)
+    _keep_debs(name)
     shutil.rmtree(STATE_DIR / name, ignore_errors=True)
 
 

@@ -1,0 +1,195 @@
+"""tasks/nginx.py on a real host: routes through the real Nginx to stub upstreams.
+
+The host starts as the seed's hand-managed server (a regular site file in
+sites-available, linked from sites-enabled); the first deploy adopts it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, assert_idempotent, run_deploy
+from watchme.registry import load
+from watchme.routes import upstream_uri
+
+pytestmark = pytest.mark.e2e
+
+REGISTRY = load()
+VHOST = "api.hey-watch.me"
+ROOTDIR = "/home/ubuntu/watchme-server-configs"
+LIVE = f"{ROOTDIR}/nginx/{VHOST}"
+AVAILABLE = f"/etc/nginx/sites-available/{VHOST}"
+ENABLED = f"/etc/nginx/sites-enabled/{VHOST}"
+HAND_SITE = "server { listen 80; server_name api.hey-watch.me; location /hand/ { return 200 'hand'; } }\n"
+
+
+def start_stub(host, testhost, skip: tuple[str, ...] = ()) -> None:
+    """(Re)start the stub upstreams: one port per registry entry, mounted at its upstream path."""
+    ports = {str(s.port): s.upstream_path for s in REGISTRY.enabled_services if s.name not in skip}
+    subprocess.run(["docker", "cp", str(ROOT / "tests" / "stub_upstream.py"),
+                    f"{testhost.name}:/opt/stub_upstream.py"], check=True)
+    host.run("systemctl stop watchme-stub 2>/dev/null; systemctl reset-failed watchme-stub 2>/dev/null")
+    host.check_output(f"systemd-run --unit watchme-stub python3 /opt/stub_upstream.py {shlex.quote(json.dumps(ports))}")
+    # Nginx marks an upstream failed for fail_timeout (10 s) after the deploy's probes
+    # found it down: wait until every running stub's route answers through Nginx again.
+    for svc in REGISTRY.enabled_services:
+        if svc.name in skip:
+            continue
+        host.check_output(f"for i in $(seq 150); do [ $(curl -s -o /dev/null -w '%{{http_code}}' "
+                          f"-H 'Host: {VHOST}' http://127.0.0.1{svc.probe_url_path}) = 200 ] "
+                          "&& exit 0; sleep 0.1; done; exit 1")
+
+
+def get(host, path: str, *curl_args: str) -> tuple[int, str]:
+    """Request through the live Nginx on the host; returns (status, body)."""
+    out = host.check_output(
+        f"curl -s -m 10 -w '\\n%{{http_code}}' -H 'Host: {VHOST}' {' '.join(curl_args)} "
+        f"'http://127.0.0.1{path}'")
+    body, _, code = out.rpartition("\n")
+    return int(code), body
+
+
+def snapshot(host) -> str:
+    """Every Nginx-related file on the host, with its checksum, and the master's workers."""
+    return host.check_output(
+        f"find {ROOTDIR}/nginx /etc/nginx -xdev \\( -type f -o -type l \\) -printf '%p %l\\n' | sort; "
+        f"find {ROOTDIR}/nginx /etc/nginx -type f -exec sha256sum {{}} + | sort")
+
+
+def workers(host) -> str:
+    return host.check_output("pgrep -f '^nginx: worker process' | sort")
+
+
+def registry_file(tmp_path: Path, **changes) -> dict[str, str]:
+    """A copy of the shipped registry with changes[name] = {field: value}; env for the deploy."""
+    data = yaml.safe_load((ROOT / "group_data" / "services.yaml").read_text())
+    for entry in data["services"]:
+        entry.update(changes.get(entry["name"], {}))
+    path = tmp_path / "services.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return {"WATCHME_REGISTRY": str(path)}
+
+
+@pytest.fixture(scope="module")
+def first_run(deploy, host, testhost):
+    # The seed's server: a hand-edited site file, linked the Debian way.
+    host.check_output(f"mkdir -p /etc/nginx/sites-available /etc/nginx/sites-enabled && "
+                      f"printf %s {shlex.quote(HAND_SITE)} > {AVAILABLE} && "
+                      f"ln -s ../sites-available/{VHOST} {ENABLED}")
+    run = deploy()
+    assert run.rc == 0, run.stderr[-3000:]
+    start_stub(host, testhost)
+    return run
+
+
+def test_hand_managed_files_kept_as_backups(first_run, host):
+    backups = host.check_output(f"ls {ROOTDIR}/nginx/backups").split()
+    avail = [b for b in backups if b.startswith("etc_nginx_sites-available_") and ".backup." in b]
+    enabled = [b for b in backups if b.startswith("etc_nginx_sites-enabled_") and ".backup." in b]
+    assert len(avail) == 1 and len(enabled) == 1, backups
+    assert host.file(f"{ROOTDIR}/nginx/backups/{avail[0]}").content_string == HAND_SITE
+    assert f"{AVAILABLE} is a hand-managed file; keeping it as" in first_run.stderr
+    # The operator's site was the "previous" version: its own backup is in the seed's form.
+    assert any(b.startswith(f"{VHOST}.backup.") for b in backups)
+
+
+def test_site_linked_into_nginx(first_run, host):
+    for path in (AVAILABLE, ENABLED):
+        f = host.file(path)
+        assert f.is_symlink and f.linked_to == LIVE
+    site = host.file(LIVE)
+    assert site.contains(f"server_name {VHOST};") and site.contains("server_tokens off;")
+
+
+@pytest.mark.parametrize("service", REGISTRY.enabled_services, ids=lambda s: s.name)
+def test_every_route_reaches_its_upstream_path(first_run, host, service):
+    """What `watchme explain` computes is what the real Nginx sends upstream."""
+    request = f"{service.public_path}probe/x?q=1"
+    status, body = get(host, request)
+    wanted = upstream_uri(service.public_path, service.upstream_url, request)
+    assert (status, body) == (200, wanted)
+
+
+def test_incident_scheduler_status_whisper(first_run, host):
+    """The seed's 404: /scheduler/status/whisper must reach /api/scheduler/status/whisper."""
+    assert get(host, "/scheduler/status/whisper") == (200, "/api/scheduler/status/whisper")
+
+
+def test_avatar_upload_limits(first_run, host):
+    host.check_output("head -c 9M /dev/zero > /tmp/9m && head -c 11M /dev/zero > /tmp/11m")
+    assert get(host, "/avatar/upload", "--data-binary @/tmp/9m")[0] == 200
+    assert get(host, "/avatar/upload", "--data-binary @/tmp/11m")[0] == 413
+
+
+def test_cors_preflight_and_server_tokens(first_run, host):
+    headers = host.check_output(
+        f"curl -s -D - -o /dev/null -X OPTIONS -H 'Host: {VHOST}' -H 'Origin: https://x.example' "
+        "http://127.0.0.1/avatar/")
+    assert headers.startswith("HTTP/1.1 204")
+    assert "Access-Control-Allow-Origin: *" in headers
+    assert "Server: nginx\r" in headers  # no version
+    no_cors = next(s for s in REGISTRY.enabled_services if not s.cors_origins)
+    headers = host.check_output(f"curl -s -D - -o /dev/null -H 'Host: {VHOST}' "
+                                f"http://127.0.0.1{no_cors.public_path}")
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_dry_run_shows_diff_and_changes_nothing(first_run, testhost_env, host, tmp_path):
+    before = snapshot(host)
+    env = {**testhost_env, **registry_file(tmp_path, scheduler={"timeouts": {"read": "61s"}})}
+    run = run_deploy(env, "--dry", yes=False)
+    assert run.rc == 0, run.stderr[-2000:]
+    assert "-        proxy_read_timeout 60s;" in run.stderr
+    assert "+        proxy_read_timeout 61s;" in run.stderr
+    assert snapshot(host) == before
+
+
+def test_nginx_t_failure_changes_nothing(first_run, deploy, host, tmp_path):
+    before, pids = snapshot(host), workers(host)
+    run = deploy(env=registry_file(tmp_path, avatar={"max_body_size": "99999999999999999999m"}))
+    assert run.rc != 0
+    assert "nginx -t failed; previous site restored, Nginx not reloaded" in run.stderr
+    assert '"client_max_body_size" directive invalid value' in run.stderr
+    assert snapshot(host) == before, "files on the host changed"
+    assert workers(host) == pids, "Nginx was reloaded"
+    assert get(host, "/scheduler/status/whisper") == (200, "/api/scheduler/status/whisper")
+
+
+def test_broken_route_rolled_back(first_run, deploy, host, tmp_path):
+    before = snapshot(host)
+    run = deploy(env=registry_file(tmp_path, scheduler={"upstream_path": "/v2/scheduler/"}))
+    assert run.rc != 0
+    assert ("probe BROKEN: scheduler /scheduler/status/whisper expected 200, got 404 "
+            "(was 200 before this change)") in run.stderr
+    assert "rolled back to the previous site" in run.stderr
+    assert get(host, "/scheduler/status/whisper") == (200, "/api/scheduler/status/whisper")
+    assert snapshot(host) == before
+
+
+def test_route_of_a_down_service_is_a_warning(first_run, deploy, host, testhost, tmp_path):
+    start_stub(host, testhost, skip=("avatar",))
+    try:
+        env = registry_file(tmp_path, scheduler={"timeouts": {"read": "62s"}})
+        run = deploy(env=env)
+        assert run.rc == 0, run.stderr[-2000:]
+        assert "probe warning: avatar /avatar/ expected 200, got 502 (already failing before: 502)" in run.stderr
+        assert host.file(LIVE).contains("proxy_read_timeout 62s;")
+    finally:
+        start_stub(host, testhost)
+    # Back to the shipped registry, then the gate.
+    assert deploy().rc == 0
+
+
+def test_backups_pruned_to_keep(first_run, host):
+    n = int(host.check_output(f"ls {ROOTDIR}/nginx/backups | grep -c '^{VHOST}.backup.' || true"))
+    assert 1 <= n <= 10
+
+
+def test_second_run_changes_nothing(first_run, deploy):
+    assert_idempotent(deploy)
