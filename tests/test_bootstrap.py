@@ -139,3 +139,13 @@ def test_second_run_changes_nothing(first_run, deploy):
     """Runs last: the earlier error tests removed the config root, so converge, then gate."""
     assert deploy().rc == 0
     assert_idempotent(deploy)
+
+
+def test_noop_deploy_batches_its_facts(first_run, deploy, testhost_env):
+    """watchme/prefetch.py: a converged host costs a handful of round trips, not ~200."""
+    assert deploy().rc == 0  # records the fact plan of a converged run
+    run = run_deploy(testhost_env, "--debug")
+    assert run.rc == 0
+    commands = run.stderr.count("Running command on ")
+    assert "prefetched" in run.stderr
+    assert commands <= 6, f"{commands} remote commands for a no-op deploy"
