@@ -7,6 +7,7 @@ from watchme import prefetch
 from tasks import bootstrap, connection, lock, disk, memory, monitor, network, nginx, units
 
 connection.tune()
+bootstrap.preflight()  # distro and sudo, before anything uses sudo
 lock.acquire()  # one deploy at a time: fails at once if another holds the host
 prefetch.install()  # after the lock: one round trip for the facts the last run read
 memory.check()  # before any change: refuse a registry the host cannot hold
