@@ -5,7 +5,8 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS := python3 python3-venv docker.io debootstrap openssh-client tar
+# shellcheck: actionlint checks the workflows' run: scripts with it when it is installed.
+APT_PKGS := python3 python3-venv docker.io debootstrap openssh-client tar shellcheck
 
 .PHONY: deploy-local test deps venv image bench clean
 

@@ -37,3 +37,34 @@ except _RegistryError as _e:
     _sys.exit(f"registry: {_e}")
 # Public name nginx answers to (server_name); the seed's site is api.hey-watch.me.
 server_name = "api.hey-watch.me"
+# How many timestamped backups of the Nginx site to keep (the seed kept them forever).
+nginx_backups_keep = 10
+
+# watchme-network (seed: "ネットワークインフラストラクチャ管理"): name, driver, subnet, gateway.
+network_name = "watchme-network"
+network_driver = "bridge"
+network_subnet = "172.27.0.0/16"
+network_gateway = "172.27.0.1"
+# Recreate a drifted watchme-network, reconnecting its containers with their IPs and aliases.
+network_repair = False
+# Rewrite compose files that create watchme-network to join it with external: true (backup first).
+compose_migrate = False
+# Pull images (compose pull, failures ignored) before each service starts; off: no registry login here.
+compose_pull = False
+# The unit that owns watchme-network; every service unit requires it.
+infra_unit = "watchme-infrastructure.service"
+# MiB kept free for the OS, Docker and Nginx in the memory budget (seed: ~300 MB).
+memory_os_reserve_mib = 300
+# Share of the host's memory above which the budget only warns (over 100 % stops the deploy).
+memory_warn_share = 0.8
+
+# The guard (watchme-guard.timer, check-infrastructure.sh): how often it runs (a systemd time span).
+guard_interval = "5min"
+# Let the guard and the deploy reconnect detached containers with their fixed IPs (--fix).
+monitor_fix = True
+# Prune Docker when the filesystem holding its data root is at least this % full (1-100).
+disk_prune_threshold = 85
+# Prune all unused images, not only dangling ones (the seed's `prune -a`); they must be pulled again.
+prune_all_images = False
+# Also prune unused volumes. Deletes data (a stopped service's database); README explains. Keep False.
+prune_volumes = False

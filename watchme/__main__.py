@@ -3,6 +3,8 @@
     watchme deploy [pyinfra options]   run deploy.py against the inventory's targets
     watchme routes                     every public route and the upstream URL it reaches
     watchme explain URL                the upstream URL nginx will request for one URL
+    watchme summary [--markdown]       pyinfra --json output (stdin) as a per-host table
+    watchme doctor [--json]            the runbook's checks, per service and host (read-only)
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "deploy":
         from watchme.deploy import main as run
+    elif cmd == "summary":
+        from watchme.summary import main as run
+    elif cmd == "doctor":
+        from watchme.doctor import main as run
     elif cmd in ("routes", "explain"):
         from watchme.routes import main as routes_main
 

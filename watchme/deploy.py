@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECT_ERROR = re.compile(
-    r"^\s*\[(?P<host>[^\]]+)\] (?P<cause>(?:Authentication error|Could not connect|SSH error|"
+    r"^\s*\[(?P<host>[^\]]+)\]\s+(?P<cause>(?:Authentication error|Could not connect|SSH error|"
     r"SSH host key error|Could not resolve hostname|EOF error).*)$")
 FIXES = {
     "Authentication error": "check WATCHME_SSH_KEY and WATCHME_SSH_USER",

@@ -1,0 +1,43 @@
+#!/bin/sh
+# Peak memory and wall time of one network monitor run (and one disk guard check), measured
+# on the host itself, where they run every 5 minutes:
+#   ssh ubuntu@SERVER 'sudo sh -s' < bench/monitor_memory.sh        # from the repo
+#   sudo sh bench/monitor_memory.sh [RUNS] [SCRIPT]                    # on the host
+# /usr/bin/time is often missing on the server, so a small python3 wrapper reads
+# getrusage(RUSAGE_CHILDREN): ru_maxrss is the peak RSS of the largest child it waited for,
+# i.e. of the monitor itself (the wrapper's own memory is not counted). For comparison it
+# also measures `docker network inspect`, the Docker CLI, which the monitor does not use.
+runs=${1:-10}
+script=${2:-/home/ubuntu/watchme-server-configs/scripts/network_monitor.py}
+python3 - "$runs" "$script" <<'PY'
+import resource, statistics, subprocess, sys, time
+
+runs, script = int(sys.argv[1]), sys.argv[2]
+
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(label, argv):
+    times, codes, cpu0 = [], set(), cpu()
+    for _ in range(runs):
+        start = time.perf_counter()
+        codes.add(subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode)
+        times.append(time.perf_counter() - start)
+    # Children of this wrapper so far; each row runs after the previous one, and the monitor
+    # rows come first, so their peak is not raised by the CLI row below them.
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # CPU time (user + system) is what the run itself costs; wall time also holds waiting for
+    # dockerd and for the CPU when the host is busy.
+    print(f"{label:32} peak RSS {peak_mb:5.1f} MB  wall median {statistics.median(times):.3f} s"
+          f"  min {min(times):.3f} s  max {max(times):.3f} s  CPU {(cpu() - cpu0) / runs:.3f} s"
+          f"  exit {sorted(codes)}  ({runs} runs)")
+
+
+measure("network_monitor.py", ["python3", script])
+measure("network_monitor.py --json", ["python3", script, "--json"])
+measure("network_monitor.py --disk-guard", ["python3", script, "--disk-guard"])
+measure("docker network inspect (CLI)", ["docker", "network", "inspect", "watchme-network"])
+PY

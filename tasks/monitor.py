@@ -1,0 +1,101 @@
+"""The host guards itself: network monitor + disk guard on a systemd timer (seed: "インフラ管理コマンド",
+"自動監視設定").
+
+Installs network_monitor.py and check-infrastructure.sh into {config_root}/scripts (the
+seed's paths, so its commands still work), renders the expected members from the registry
+and the guard's settings from group_data into {config_root}/monitor, and runs them every
+guard_interval from watchme-guard.timer instead of the seed's crontab line: the journal
+keeps every run, a failing check shows in `systemctl --failed`, runs never overlap, and
+nothing depends on cron being installed. At the end of every deploy the monitor runs once
+with --fix (watchme/monitor.py says when that counts as a change).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api.exceptions import DeployError
+from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
+
+from watchme.monitor import network_check
+
+SYSTEM_DIR = "/etc/systemd/system"
+UNITS = ("watchme-guard.service", "watchme-guard.timer")
+# systemd time spans as the timer accepts them, e.g. 5min, 90s, 1h 30min.
+TIME_SPAN = re.compile(r"\d+\s*(us|ms|s|sec|m|min|h|hr|d|w)(\s*\d+\s*(us|ms|s|sec|m|min|h|hr|d|w))*")
+
+
+def check_data() -> None:
+    """Refuse bad settings before any change, naming the key and the fix."""
+    d = host.data
+    for key in ("monitor_fix", "prune_all_images", "prune_volumes"):
+        if not isinstance(d.get(key), bool):
+            raise DeployError(f"{host.name}: {key}: {d.get(key)!r} is not true or false; "
+                              f"fix: set {key} to True or False in group_data")
+    t = d.get("disk_prune_threshold")
+    if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= 100:
+        raise DeployError(f"{host.name}: disk_prune_threshold: {t!r} is not a percentage; "
+                          "fix: an integer from 1 to 100 (default 85)")
+    interval = d.get("guard_interval")
+    if not isinstance(interval, str) or not TIME_SPAN.fullmatch(interval.strip()):
+        raise DeployError(f"{host.name}: guard_interval: {interval!r} is not a systemd time "
+                          "span; fix: e.g. \"5min\" or \"90s\"")
+
+
+def members() -> dict:
+    """What the monitor expects: every enabled service that has a fixed IP."""
+    d = host.data
+    return {
+        "network": {"name": d.network_name, "subnet": d.network_subnet,
+                    "gateway": d.network_gateway},
+        "members": [{"service": s.name, "container": s.container, "ip": str(s.ip)}
+                    for s in d.registry.enabled_services if s.ip is not None],
+    }
+
+
+def apply() -> None:
+    check_data()
+    d = host.data
+    scripts, conf = f"{d.config_root}/scripts", f"{d.config_root}/monitor"
+    script = f"{scripts}/network_monitor.py"
+    for path in (scripts, conf):
+        files.directory(name=f"Directory {path}", path=path, user="root", group="root", mode="755")
+    files.put(name=f"Install {script}", src="files/network_monitor.py", dest=script,
+              user="root", group="root", mode="755")
+    files.put(name=f"Install {scripts}/check-infrastructure.sh",
+              src="files/check-infrastructure.sh", dest=f"{scripts}/check-infrastructure.sh",
+              user="root", group="root", mode="755")
+    files.put(name=f"Monitor members {conf}/members.json",
+              src=StringIO(json.dumps(members(), indent=2) + "\n"),
+              dest=f"{conf}/members.json", user="root", group="root", mode="644")
+    files.template(name=f"Guard settings {conf}/guard.env", src="templates/guard.env.j2",
+                   dest=f"{conf}/guard.env", user="root", group="root", mode="644",
+                   monitor_fix=d.monitor_fix, disk_prune_threshold=d.disk_prune_threshold,
+                   prune_all_images=d.prune_all_images, prune_volumes=d.prune_volumes)
+
+    changes = []
+    for unit in UNITS:
+        changes.append(files.template(
+            name=f"Unit {conf}/{unit}", src=f"templates/{unit}.j2", dest=f"{conf}/{unit}",
+            user="root", group="root", mode="644", scripts_dir=scripts,
+            monitor_fix=d.monitor_fix, guard_interval=d.guard_interval.strip()))
+        # The seed's layout: the unit lives in the config root, /etc/systemd/system links it.
+        changes.append(files.link(name=f"Link unit {SYSTEM_DIR}/{unit}",
+                                  path=f"{SYSTEM_DIR}/{unit}", target=f"{conf}/{unit}"))
+    systemd.daemon_reload(name="Reload systemd (a guard unit changed)", _if=any_changed(*changes))
+    systemd.service(name="Enable and start watchme-guard.timer", service="watchme-guard.timer",
+                    running=True, enabled=True, restarted=changes[2].will_change)
+
+
+def check_now() -> None:
+    """The deploy's last step: the monitor once, with --fix (unless monitor_fix is off, when
+    a detached running container fails the deploy instead), its report printed."""
+    d = host.data
+    network_check(name=f"Network monitor{' --fix' if d.monitor_fix else ''} "
+                       f"({d.network_name} members)",
+                  script=f"{d.config_root}/scripts/network_monitor.py",
+                  members=f"{d.config_root}/monitor/members.json", fix=d.monitor_fix)

@@ -1,0 +1,79 @@
+"""watchme-network (seed: "ネットワークインフラストラクチャ管理") and the compose audit.
+
+The network is checked before any change: a drifted one stops the deploy with the diff
+(unless network_repair), since every service's fixed IP depends on its subnet. Then each
+compose file on the host is audited for the seed's migration bug (`driver: bridge` instead
+of `external: true`) and, with compose_migrate, fixed in place after a backup.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra import host, logger
+from pyinfra.api.exceptions import DeployError
+from pyinfra.operations import files, server
+
+from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_network, drift,
+                             drift_report, migrate_compose)
+
+
+def check() -> None:
+    """Before any change: refuse a drifted network unless repair is asked for."""
+    d = host.data
+    found = host.get_fact(DockerNetwork, network=d.network_name)
+    if found is None:
+        return
+    diffs = drift(found, d.network_driver, d.network_subnet, d.network_gateway)
+    if diffs and not d.network_repair:
+        raise DeployError(f"{host.name}: " + drift_report(found, diffs))
+    if diffs:
+        logger.warning(f"{host.print_prefix}network_repair: recreating {d.network_name} and "
+                       f"reconnecting {len(found['containers'])} container(s)")
+
+
+def apply() -> dict:
+    """The network, then the compose audit; returns {service name: migrate op} so units can
+    restart a migrated service."""
+    check()
+    d = host.data
+    docker_network(
+        name=f"Docker network {d.network_name} ({d.network_driver} {d.network_subnet} "
+             f"gateway {d.network_gateway})",
+        network=d.network_name, driver=d.network_driver, subnet=d.network_subnet,
+        gateway=d.network_gateway, repair=d.network_repair,
+        fixed_ips={s.container: str(s.ip) for s in d.registry.enabled_services if s.ip},
+    )
+    return audit()
+
+
+def audit() -> dict:
+    d = host.data
+    services = d.registry.enabled_services
+    found = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
+    migrated = {}
+    for s in services:
+        f = found.get(s.compose_file)
+        if f is None:
+            continue
+        problems = audit_compose(f["text"], d.network_name, d.network_subnet)
+        if not problems:
+            continue
+        report = "; ".join(p for _, p in problems)
+        if not d.compose_migrate:
+            logger.warning(f"{host.print_prefix}compose audit: {s.compose_file} ({s.name}): {report}; "
+                           "fix: rerun with --data compose_migrate=true (backup first)")
+            continue
+        try:
+            text = migrate_compose(f["text"], sorted({k for k, _ in problems if k}))
+        except (ValueError, KeyError) as e:
+            logger.warning(f"{host.print_prefix}compose audit: {s.compose_file} ({s.name}): {report}; "
+                           f"not migrated: {e}")
+            continue
+        server.shell(name=f"Back up {s.compose_file} before migrating it",
+                     commands=[f"cp -p {s.compose_file} {s.compose_file}.backup.$(date +%Y%m%d_%H%M%S)"])
+        migrated[s.name] = files.put(
+            name=f"Migrate {s.compose_file} to external {d.network_name}",
+            src=StringIO(text), dest=s.compose_file, user=f["user"], group=f["group"],
+            mode=f["mode"])
+    return migrated

@@ -1,0 +1,24 @@
+"""watchme/deploy.py: a failed connection ends the output with one line per host."""
+
+from watchme.deploy import failure_lines
+
+
+def test_one_line_per_failed_host_with_the_fix():
+    out = ("--> Connecting to hosts...\n"
+           "    [203.0.113.10:2222]     Could not connect ([Errno None] Unable to connect)\n"
+           "    [203.0.113.11] Authentication error (username=ubuntu, key=k) (Authentication failed.)\n"
+           "    [203.0.113.12] SSH error (StrictPolicy: No host key for 203.0.113.12 found in known_hosts)\n"
+           "--> pyinfra error: No hosts remaining!\n")
+    assert failure_lines(out) == [
+        "deploy failed: 203.0.113.10:2222: Could not connect ([Errno None] Unable to connect); "
+        "fix: is the host up and its SSH port reachable?",
+        "deploy failed: 203.0.113.11: Authentication error (username=ubuntu, key=k) "
+        "(Authentication failed.); fix: check WATCHME_SSH_KEY and WATCHME_SSH_USER",
+        "deploy failed: 203.0.113.12: SSH error (StrictPolicy: No host key for 203.0.113.12 found "
+        "in known_hosts); fix: add the server's key to known_hosts (or WATCHME_KNOWN_HOSTS) after "
+        "checking its fingerprint",
+    ]
+
+
+def test_no_line_for_other_output():
+    assert failure_lines("--> Results:\n    [h] Success\n") == []

@@ -1,0 +1,203 @@
+"""tasks/lock.py: one deploy at a time on a real test host, and the last-deploy record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import PYINFRA, ROOT, Run, assert_idempotent
+from watchme import lock as wl
+
+LOCK = f"{wl.LOCK_DIR}/deploy.lock"
+
+
+# Unit: the remote script and what it prints ------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["take", "check", "release"])
+def test_script_is_valid_sh(mode):
+    p = subprocess.run(["sh", "-n", "-c", wl.script(mode, holder={"by": "x"})],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_holder_reaches_the_host_verbatim():
+    """Hostile text in a holder (a laptop name, a CI actor) stays data, not shell."""
+    holder = {"by": "a'b\"c $(touch /tmp/pwned) `id`", "commit": "abc", "since": "t"}
+    head = wl.script("take", holder=holder).split("\n", 1)[0]
+    p = subprocess.run(["sh", "-c", head + 'printf "%s" "$HOLDER"'], capture_output=True, text=True)
+    assert json.loads(p.stdout) == holder
+
+
+def test_parse_decodes_json_values():
+    out = wl.parse(["session=93", 'holder={"by": "alice@laptop"}', "record=", "status=held", "junk"])
+    assert out == {"session": "93", "holder": {"by": "alice@laptop"}, "record": None,
+                   "status": "held"}
+
+
+def test_describe_holder_and_record():
+    assert wl.describe_holder({"by": "alice@laptop", "commit": "abc1234",
+                               "since": "2026-01-01T00:00:00Z"}).startswith(
+        "alice@laptop, commit abc1234, since 2026-01-01T00:00:00Z (")
+    assert wl.describe_record({"status": "ok", "finished": "T", "by": "bob", "commit": "c",
+                               "changed": 1}) == "ok at T by bob, commit c: 1 changed operation"
+    assert wl.describe_record(None) == "no deploy recorded on this host yet"
+
+
+def test_who_in_ci_names_the_run():
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_ACTOR": "octo", "GITHUB_SERVER_URL": "https://github.com",
+           "GITHUB_REPOSITORY": "o/r", "GITHUB_RUN_ID": "7"}
+    assert wl.who(env) == "octo via GitHub Actions (https://github.com/o/r/actions/runs/7)"
+
+
+def test_commit_is_this_checkout():
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True).stdout.strip()
+    assert wl.commit().startswith(sha)
+
+
+# End to end ------------------------------------------------------------------------------
+
+
+def _env(testhost_env: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}
+    return {**env, **testhost_env}
+
+
+def _start(testhost_env: dict) -> subprocess.Popen:
+    return subprocess.Popen([PYINFRA, "-y", "--json", "inventory.py", "deploy.py"], cwd=ROOT,
+                            env=_env(testhost_env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(p: subprocess.Popen) -> Run:
+    out, err = p.communicate(timeout=900)
+    return Run(p.returncode, out, err)
+
+
+def _record(host) -> dict:
+    return json.loads(host.file(wl.RECORD).content_string)
+
+
+@pytest.fixture(scope="module")
+def first_run(deploy):
+    run = deploy()
+    assert run.rc == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.mark.e2e
+def test_deploy_releases_and_records(first_run, host):
+    assert not host.file(LOCK).exists
+    record = _record(host)
+    assert record["status"] == "ok"
+    assert record["changed"] == len(first_run.changed())
+    assert record["commit"] == wl.commit()
+    assert "deploy lock released" in first_run.stderr
+    # Neither taking nor releasing the lock is an operation that changes anything.
+    assert "Release the deploy lock" not in first_run.changed()
+
+
+@pytest.mark.e2e
+def test_held_lock_refuses_deploy_and_names_holder(first_run, deploy, host, testhost):
+    """A live holder (pid 1 stands in for its sshd): a deploy fails at once, a preview warns."""
+    start = host.check_output("sed 's/.*) //' /proc/1/stat | cut -d' ' -f20")
+    holder = {"by": "alice@laptop", "commit": "abc1234", "since": "2026-01-01T00:00:00Z"}
+    subprocess.run(["docker", "exec", "-i", testhost.name, "sh", "-c", f"cat > {LOCK}"],
+                   input=f"1 {start}\n{json.dumps(holder)}\n", text=True, check=True)
+    try:
+        t0 = time.monotonic()
+        run = deploy()
+        elapsed = time.monotonic() - t0
+        assert run.rc != 0
+        assert run.stdout == ""  # refused before any operation: no results at all
+        assert ("another deploy holds the lock: alice@laptop, commit abc1234, since "
+                "2026-01-01T00:00:00Z (") in run.last_line
+        assert elapsed < 10, f"took {elapsed:.1f}s to refuse"
+        dry = deploy("--dry")
+        assert dry.rc == 0, dry.stderr[-2000:]
+        assert "a deploy is in progress (alice@laptop, commit abc1234" in dry.stderr
+        assert host.file(LOCK).content_string.startswith("1 "), "a preview touched the lock"
+    finally:
+        host.run(f"rm -f {LOCK}")
+
+
+@pytest.mark.e2e
+def test_two_deploys_at_once_one_runs(first_run, host, testhost_env):
+    # Something to do that takes a while (apt), so the two really overlap.
+    host.run("apt-get remove -y -qq curl")
+    a, b = _start(testhost_env), _start(testhost_env)
+    runs = [_finish(a), _finish(b)]
+    winners = [r for r in runs if r.rc == 0]
+    losers = [r for r in runs if r.rc != 0]
+    assert len(winners) == 1 and len(losers) == 1, [r.last_line for r in runs]
+    assert "another deploy holds the lock: " in losers[0].last_line
+    assert f"commit {wl.commit()}, since " in losers[0].last_line
+    assert losers[0].stdout == ""
+    assert "Install nginx, docker.io, curl, docker-compose" in winners[0].changed()
+    assert host.package("curl").is_installed
+    assert not host.file(LOCK).exists
+    assert _record(host)["status"] == "ok"
+
+
+@pytest.mark.e2e
+def test_killed_deploy_lock_is_taken_over(first_run, host, testhost_env, deploy):
+    host.run("rm -rf /home/ubuntu/watchme-server-configs")
+    p = _start(testhost_env)
+    assert p.stderr is not None
+    for line in p.stderr:  # kill it once it is running operations, holding the lock
+        if line.startswith("--> Beginning operation run"):
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    pid = host.file(LOCK).content_string.split()[0]
+    deadline = time.monotonic() + 10
+    while host.file(f"/proc/{pid}").exists and time.monotonic() < deadline:
+        time.sleep(0.2)  # sshd notices the closed connection
+    assert not host.file(f"/proc/{pid}").exists, "the killed deploy's sshd session lives on"
+    run = deploy()
+    assert run.rc == 0, run.stderr[-3000:]
+    assert "took over the deploy lock left by " in run.stderr
+    assert host.file("/home/ubuntu/watchme-server-configs").is_directory
+    assert not host.file(LOCK).exists
+
+
+@pytest.mark.e2e
+def test_failed_deploy_releases_and_records_the_failure(first_run, host, deploy):
+    host.run("systemctl stop nginx && echo 'garbage;' > /etc/nginx/conf.d/zz-broken.conf")
+    try:
+        run = deploy()
+        assert run.rc != 0
+        assert not host.file(LOCK).exists, "a failed deploy kept the lock"
+        record = _record(host)
+        assert record["status"] == "failed"
+        assert record["failed_operation"] == "Enable and start nginx"
+    finally:
+        host.run("rm -f /etc/nginx/conf.d/zz-broken.conf")
+    again = deploy()
+    assert again.rc == 0, again.stderr[-3000:]
+    assert _record(host)["status"] == "ok"
+
+
+@pytest.mark.e2e
+def test_without_sudo_the_preflight_refuses(first_run, deploy, host, testhost):
+    """The lock needs sudo; without it, the bootstrap's preflight gives the error and fix."""
+    host.run("mv /etc/sudoers.d/90-ubuntu /root/90-ubuntu")
+    try:
+        run = deploy()
+        assert run.rc != 0
+        assert run.last_line.endswith("user ubuntu cannot sudo without a password; fix: give "
+                                      "the deploy user passwordless sudo (as `ubuntu` has on EC2)")
+    finally:
+        subprocess.run(["docker", "exec", testhost.name, "mv", "/root/90-ubuntu",
+                        "/etc/sudoers.d/90-ubuntu"], check=True)
+
+
+@pytest.mark.e2e
+def test_second_run_changes_nothing(first_run, deploy):
+    assert_idempotent(deploy)

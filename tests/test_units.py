@@ -1,0 +1,186 @@
+"""tasks/units.py: systemd units from the registry, on a real test host.
+
+A small registry (two busybox services, then a third whose name has a hand-written unit,
+then one fewer) stands in for the 13 production services to keep the module fast.
+"""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+
+from tests import fake_services
+from tests.fake_services import wait
+from tests.conftest import ROOT, assert_idempotent
+
+ALPHA = {"name": "alpha", "container": "watchme-alpha", "ip": "172.27.0.6", "port": 8000, "priority": 1}
+BETA = {"name": "beta", "container": "watchme-beta", "ip": "172.27.0.7", "port": 8001}
+GAMMA = {"name": "gamma", "container": "watchme-gamma", "ip": "172.27.0.8", "port": 8002}
+UNITS = "/home/ubuntu/watchme-server-configs/systemd"
+HAND_WRITTEN = "[Unit]\nDescription=gamma, written by hand on the server\n"
+
+
+def render(**kw) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "templates"),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    data = {"service": "alpha", "description": "Alpha", "compose": "/usr/bin/docker compose",
+            "compose_file": "/srv/a/docker-compose.prod.yml",
+            "infra_unit": "watchme-infrastructure.service", "pull": False, **kw}
+    return env.get_template("service.unit.j2").render(**data)
+
+
+def test_template_pull_is_optional():
+    assert "pull -q" not in render()
+    assert "ExecStartPre=-/usr/bin/docker compose -f /srv/a/docker-compose.prod.yml pull -q" in render(pull=True)
+
+
+def test_template_orders_after_the_network_and_restarts():
+    unit = render()
+    assert "After=docker.service watchme-infrastructure.service\n" in unit
+    assert "Requires=docker.service watchme-infrastructure.service\n" in unit
+    assert "ExecStart=/usr/bin/docker compose -f /srv/a/docker-compose.prod.yml up\n" in unit
+    assert "ExecStop=/usr/bin/docker compose -f /srv/a/docker-compose.prod.yml down\n" in unit
+    assert "Restart=always\n" in unit
+
+
+def test_template_fails_on_a_missing_variable():
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "templates"),
+                             undefined=jinja2.StrictUndefined)
+    with pytest.raises(jinja2.UndefinedError):
+        env.get_template("service.unit.j2").render(service="a")
+
+
+def test_percent_is_escaped_for_systemd():
+    from tasks.units import _escape
+    assert _escape("CPU 50% max") == "CPU 50%% max"
+
+
+# --- end to end -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory):
+    d = tmp_path_factory.mktemp("registries")
+    return {
+        "two": {"WATCHME_REGISTRY": fake_services.registry(d / "two.yaml", [ALPHA, BETA])},
+        "three": {"WATCHME_REGISTRY": fake_services.registry(d / "three.yaml", [ALPHA, BETA, GAMMA])},
+        "one": {"WATCHME_REGISTRY": fake_services.registry(d / "one.yaml", [ALPHA])},
+        "clash": {"WATCHME_REGISTRY": fake_services.registry(d / "clash.yaml", [ALPHA, {
+            "name": "nginx", "container": "my-nginx", "ip": "172.27.0.9", "port": 8009}])},
+    }
+
+
+@pytest.fixture(scope="module")
+def new_server(deploy, registries):
+    """A brand-new server: no compose file is there yet."""
+    run = deploy(env=registries["two"])
+    assert run.rc == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def running(new_server, deploy, host, registries):
+    """The services' compose files arrive; the next deploy starts the units."""
+    fake_services.install(host, [ALPHA, BETA, GAMMA])
+    run = deploy(env=registries["two"])
+    assert run.rc == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.mark.e2e
+def test_new_server_enables_but_does_not_start(new_server, host):
+    assert "alpha.service: enabled, not started: /home/ubuntu/alpha/docker-compose.prod.yml is not on" \
+        in new_server.stderr
+    for name in ("alpha", "beta"):
+        assert host.service(f"{name}.service").is_enabled
+        assert not host.service(f"{name}.service").is_running
+    infra = host.service("watchme-infrastructure.service")
+    assert infra.is_enabled and infra.is_running
+
+
+@pytest.mark.e2e
+def test_units_rendered_and_linked(new_server, host):
+    for unit in ("alpha.service", "beta.service", "watchme-infrastructure.service"):
+        link = host.file(f"/etc/systemd/system/{unit}")
+        assert link.is_symlink and link.linked_to == f"{UNITS}/{unit}"
+    alpha = host.file(f"{UNITS}/alpha.service").content_string
+    assert "ExecStart=/usr/bin/docker-compose -f /home/ubuntu/alpha/docker-compose.prod.yml up" in alpha
+
+
+@pytest.mark.e2e
+def test_systemd_analyze_verify_is_clean(new_server, host):
+    r = host.run(f"systemd-analyze verify {UNITS}/alpha.service {UNITS}/beta.service "
+                 f"{UNITS}/watchme-infrastructure.service")
+    assert (r.rc, r.stdout, r.stderr) == (0, "", "")
+
+
+@pytest.mark.e2e
+def test_units_start_services_on_their_fixed_ips(running, host):
+    assert "Enable alpha.service and start it" in running.changed()
+    for s in (ALPHA, BETA):
+        assert host.service(f"{s['name']}.service").is_running
+        wait(host, f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
+        ip = host.check_output("docker inspect -f '{{(index .NetworkSettings.Networks "
+                               f"\"watchme-network\").IPAddress}}}}' {s['container']}")
+        assert ip == s["ip"]
+    # Containers reach each other by name over watchme-network (seed, section 3.2).
+    out = host.check_output("docker exec watchme-alpha /bin/busybox wget -qO- http://watchme-beta:8001/")
+    assert out == "beta"
+
+
+@pytest.mark.e2e
+def test_restarting_the_infrastructure_brings_dependants_back(running, host):
+    before = host.check_output("docker inspect -f '{{.State.StartedAt}}' watchme-alpha")
+    host.check_output("systemctl restart watchme-infrastructure.service")
+    for s in (ALPHA, BETA):
+        assert host.service(f"{s['name']}.service").is_running
+        wait(host, f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
+    assert host.check_output("docker inspect -f '{{.State.StartedAt}}' watchme-alpha") != before
+
+
+@pytest.mark.e2e
+def test_hand_written_unit_is_kept_as_a_backup(running, deploy, host, registries):
+    host.run(f"printf '{HAND_WRITTEN}' > /etc/systemd/system/gamma.service")
+    run = deploy(env=registries["three"])
+    assert run.rc == 0, run.stderr[-3000:]
+    backups = host.check_output("ls /etc/systemd/system/ | grep '^gamma.service.backup.'").split()
+    assert len(backups) == 1 and len(backups[0]) == len("gamma.service.backup.20260101_120000")
+    assert host.file(f"/etc/systemd/system/{backups[0]}").content_string == HAND_WRITTEN
+    assert host.file("/etc/systemd/system/gamma.service").linked_to == f"{UNITS}/gamma.service"
+    wait(host, "curl -sf http://127.0.0.1:8002/ | grep -qx gamma")
+
+
+@pytest.mark.e2e
+def test_removed_service_is_stopped_disabled_and_unlinked(gamma_present, deploy, host, registries):
+    run = deploy(env=registries["one"])
+    assert run.rc == 0, run.stderr[-3000:]
+    for name in ("beta", "gamma"):
+        assert f"Stop and disable removed service {name}.service" in run.changed()
+        assert not host.file(f"/etc/systemd/system/{name}.service").exists
+        assert not host.file(f"{UNITS}/{name}.service").exists
+        assert host.run(f"systemctl is-enabled {name}.service").rc != 0
+    assert host.run("docker inspect watchme-beta").rc != 0, "compose down removes the container"
+    assert host.service("alpha.service").is_running
+    assert "Reload systemd (a unit changed)" in run.changed()
+
+
+@pytest.fixture(scope="module")
+def gamma_present(running, deploy, host, registries):
+    """Makes the removal test independent of test order: gamma exists before it runs."""
+    if not host.file("/etc/systemd/system/gamma.service").is_symlink:
+        assert deploy(env=registries["three"]).rc == 0
+
+
+@pytest.mark.e2e
+def test_name_of_an_os_unit_is_refused_before_any_change(new_server, deploy, host, registries):
+    run = deploy(env=registries["clash"])
+    assert run.rc != 0
+    assert ("services[nginx].name: nginx.service is a unit the OS ships (/lib/systemd/system); "
+            "rename the service") in run.stderr
+    assert not host.file("/etc/systemd/system/nginx.service").exists
+    assert not host.file(f"{UNITS}/nginx.service").exists
+
+
+@pytest.mark.e2e
+def test_second_run_changes_nothing(running, deploy, registries):
+    assert_idempotent(deploy, env=registries["one"])
+
