@@ -14,7 +14,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from watchme.network import ComposeFiles, create_command, default_gateway
+from watchme.network import ComposeFiles, create_command, unit_check_pattern
 from watchme.units import UnitFiles, VendorUnits, ours, unit_link
 
 SYSTEM_DIR = "/etc/systemd/system"
@@ -59,8 +59,7 @@ def apply(migrated: dict[str, OperationMeta] | None = None) -> None:
         driver=d.network_driver, subnet=d.network_subnet, gateway=d.network_gateway,
         create=create_command(d.network_name, d.network_driver, d.network_subnet,
                               d.network_gateway),
-        accepted="|".join(f'"{d.network_driver} {d.network_subnet}{g}"' for g in (
-            [f" {d.network_gateway}"] + [""] * (default_gateway(d.network_subnet) == d.network_gateway))))
+        accepted=unit_check_pattern(d.network_driver, d.network_subnet, d.network_gateway))
     changes.append(infra_tpl)
     for s in services:
         rendered[s.name] = files.template(

@@ -237,3 +237,10 @@ def test_network_created_without_gateway_uses_docker_default():
     assert out["gateway"] == "172.27.0.1"
     cmds, fake = run_op(docker_network, {DockerNetwork: out}, **WANTED)
     assert cmds == [] and fake.noops
+
+
+def test_infrastructure_unit_accepts_the_implicit_default_gateway():
+    from watchme.network import unit_check_pattern
+    assert unit_check_pattern("bridge", "172.27.0.0/16", "172.27.0.1") == \
+        '"bridge 172.27.0.0/16 172.27.0.1"|"bridge 172.27.0.0/16"'
+    assert unit_check_pattern("bridge", "172.27.0.0/16", "172.27.0.254") == '"bridge 172.27.0.0/16 172.27.0.254"'

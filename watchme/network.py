@@ -109,6 +109,14 @@ def create_command(name: str, driver: str, subnet: str, gateway: str) -> str:
             f"--gateway {shlex.quote(gateway)} {shlex.quote(name)}")
 
 
+def unit_check_pattern(driver: str, subnet: str, gateway: str) -> str:
+    """The sh `case` pattern of what watchme-infrastructure.service accepts as
+    `docker network inspect -f '{{.Driver}} {{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}'`
+    (trailing space stripped): no gateway listed is fine when Docker's default is the wanted one."""
+    ok = [f"{driver} {subnet} {gateway}"] + [f"{driver} {subnet}"] * (default_gateway(subnet) == gateway)
+    return "|".join(f'"{o}"' for o in ok)
+
+
 def repair_ip(container: dict, subnet: str, fixed_ips: dict[str, str]) -> str:
     """The IP a container gets back: the registry's, else its own if it fits the new subnet,
     else '' (Docker picks one)."""
