@@ -1,6 +1,6 @@
 """Defaults for every host. Override per group (group_data/production.py) or per host.
 
-Each key has a one-line comment; README.md ("Settings") lists them too.
+Each key has a one-line comment; README.md ("Settings") lists them.
 """
 
 # Run every operation through sudo: the deploy user on EC2 is `ubuntu`, not root.
@@ -8,9 +8,11 @@ _sudo = True
 
 # Where the deploy renders every file it owns; /etc links point here (the seed's layout).
 config_root = "/home/ubuntu/watchme-server-configs"
-# Owner, group and mode of config_root: root-owned, since systemd and nginx read from it.
+# Owner of config_root: root, since systemd and nginx read units and sites from it.
 config_root_owner = "root"
+# Group of config_root.
 config_root_group = "root"
+# Mode of config_root: world-readable, writable by root only.
 config_root_mode = "755"
 
 # Packages the bootstrap installs (Debian and Ubuntu names); compose is detected separately.
@@ -20,8 +22,9 @@ compose_candidates = ["docker-compose-v2", "docker-compose-plugin", "docker-comp
 # Distributions the bootstrap knows (os-release ID or ID_LIKE).
 supported_distros = ["debian", "ubuntu"]
 
-# Swap file path and size; the seed's t4g.small runs with 2 GB of swap.
+# Swap file path, created unless swap is already active.
 swap_file = "/swapfile"
+# Swap file size in MiB; the seed's t4g.small runs with 2 GB of swap.
 swap_size_mib = 2048
 
 # The service registry, the one source of truth (group_data/services.yaml, or the file in
@@ -40,10 +43,13 @@ server_name = "api.hey-watch.me"
 # How many timestamped backups of the Nginx site to keep (the seed kept them forever).
 nginx_backups_keep = 10
 
-# watchme-network (seed: "ネットワークインフラストラクチャ管理"): name, driver, subnet, gateway.
+# The shared network every service joins (seed: "ネットワークインフラストラクチャ管理").
 network_name = "watchme-network"
+# Its driver: a single-host bridge.
 network_driver = "bridge"
+# Its subnet; the registry's fixed container IPs are inside it.
 network_subnet = "172.27.0.0/16"
+# Its gateway (never a container's IP).
 network_gateway = "172.27.0.1"
 # Recreate a drifted watchme-network, reconnecting its containers with their IPs and aliases.
 network_repair = False
