@@ -59,11 +59,12 @@ class HostProfile(FactBase):
 
 
 class ComposeChoice(FactBase):
-    """Which compose implementation apt offers: the v2 plugin if any candidate has it.
+    """Which compose implementation to use: the one installed, else the best apt offers.
 
     Returns {"package": name, "version": v, "command": "docker compose" | path} or None.
-    A brand-new host has empty package lists, and nothing can be detected from them, so
-    this refreshes them first in that one case (it installs nothing).
+    Installed packages are read from dpkg's status (fast); apt's candidates only when none
+    is installed yet. A brand-new host has empty package lists, and nothing can be detected
+    from them, so this refreshes them first in that one case (it installs nothing).
     """
 
     def requires_command(self, *args, **kwargs) -> str:
@@ -72,6 +73,8 @@ class ComposeChoice(FactBase):
     def command(self, candidates: list[str]) -> str:
         names = " ".join(candidates)
         return (
+            f"for p in {names}; do dpkg-query -W -f='${{db:Status-Status}} ${{Package}} ${{Version}}\\n' $p "
+            "2>/dev/null | awk '$1 == \"installed\" {print $2, $3}'; done | grep . && exit 0; "
             "ls /var/lib/apt/lists/ | grep -q _Packages || apt-get update -qq >/dev/null 2>&1; "
             f"for p in {names}; do "
             "v=$(apt-cache show --no-all-versions $p 2>/dev/null | awk '/^Version:/ {print $2}'); "
