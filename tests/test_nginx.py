@@ -186,6 +186,16 @@ def test_route_of_a_down_service_is_a_warning(first_run, deploy, host, testhost,
     assert deploy().rc == 0
 
 
+def test_service_removed_from_registry_leaves_the_site(first_run, deploy, host, tmp_path):
+    env = registry_file(tmp_path, admin={"enabled": False})
+    run = deploy(env=env)
+    assert run.rc == 0, run.stderr[-2000:]
+    assert not host.file(LIVE).contains("location /admin/")
+    assert get(host, "/admin/")[0] == 404
+    assert deploy().rc == 0  # back to the shipped registry
+    assert get(host, "/admin/x") == (200, "/x")
+
+
 def test_backups_pruned_to_keep(first_run, host):
     n = int(host.check_output(f"ls {ROOTDIR}/nginx/backups | grep -c '^{VHOST}.backup.' || true"))
     assert 1 <= n <= 10
