@@ -1,0 +1,81 @@
+"""Read-only commands over the deploy's own inventory and group data (doctor, import).
+
+`watchme doctor` and `watchme import` must see exactly what a deploy sees: the same
+targets (inventory.py, WATCHME_* variables), the same group_data (all.py, per-group
+files, the registry) and the same `--data key=value` overrides, the same connector
+settings (strict host keys, sudo). So they load the inventory through pyinfra's own
+loader, connect through pyinfra, and read facts; they never run an operation.
+
+    results = inspect.facts(SomeFact, data={"network_name": "x"}, arg=1)
+    for name, (host, value) in results.items(): ...
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_data(pairs: list[str] | None) -> dict[str, Any]:
+    """`--data key=value` pairs as pyinfra's CLI parses them (JSON-ish values)."""
+    from pyinfra_cli.util import parse_cli_arg
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--data {pair!r}: expected key=value")
+        out[key] = parse_cli_arg(value)
+    return out
+
+
+def connect(data: dict[str, Any] | None = None):
+    """A pyinfra State for inventory.py with group_data and overrides, connected.
+
+    Returns (state, failed): failed maps host name -> why it could not be reached.
+    """
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra_cli.inventory import make_inventory
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # group_data/ and inventory.py resolve relative to the project
+    try:
+        inventory = make_inventory(str(ROOT / "inventory.py"), override_data=data or {},
+                                   cwd=str(ROOT))
+        state = State(inventory, Config(FAIL_PERCENT=100))
+        state.cwd = str(ROOT)
+        connect_all(state)
+    finally:
+        os.chdir(cwd)
+    active = {h.name for h in state.inventory.get_active_hosts()}
+    failed = {h.name: "could not connect (see the log above)" for h in inventory
+              if h.name not in active}
+    return state, failed
+
+
+def facts(cls, data: dict[str, Any] | None = None, state=None, **fact_kwargs):
+    """{host name: (host, value)} of one fact on every reachable host; None value on error.
+
+    fact_kwargs may be a callable(host) -> kwargs, for facts whose arguments come from
+    the host's own data (e.g. its registry).
+    """
+    from pyinfra.api.facts import get_fact
+    from pyinfra.context import ctx_host, ctx_state
+
+    if state is None:
+        state, _ = connect(data)
+    out = {}
+    for host in state.inventory.get_active_hosts():
+        kwargs = fact_kwargs.get("per_host")(host) if callable(fact_kwargs.get("per_host")) \
+            else fact_kwargs
+        with ctx_state.use(state), ctx_host.use(host):
+            try:
+                value = get_fact(state, host, cls, kwargs=kwargs, apply_failed_hosts=False)
+            except Exception as e:  # noqa: BLE001 - reported per host, never hides another
+                value = e
+        out[host.name] = (host, value)
+    return out
