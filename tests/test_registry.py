@@ -11,7 +11,8 @@ import yaml
 # Importable without installing the package (pyproject.toml sets no pythonpath).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from watchme.registry import DEFAULT_PATH, HOST_MEMORY_MIB, OS_RESERVE_MIB, RegistryError, load, load_data
+from watchme.registry import DEFAULT_PATH, RegistryError, load, load_data
+from watchme.settings import Settings
 
 # The seed's table "現在の接続状況" (13 containers on watchme-network).
 SEED_CONTAINERS = {
@@ -66,7 +67,8 @@ def test_shipped_scheduler_transcriber_avatar_as_in_the_seed(shipped):
 
 def test_shipped_memory_fits_the_host(shipped):
     used = sum(s.memory_mib for s in shipped.enabled_services)
-    assert used + OS_RESERVE_MIB <= HOST_MEMORY_MIB
+    defaults = Settings()
+    assert used + defaults.memory_os_reserve_mib <= defaults.host_memory_mib
     assert shipped.by_name("transcriber").memory_mib == 1024
 
 
@@ -202,13 +204,13 @@ def test_valid_sizes(size):
     assert load_data(broken(max_body_size=size)).services[0].max_body_size == size
 
 
-@pytest.mark.parametrize("value", ["5 sec", "-1s", "1.5s", "s", "5S"])
+@pytest.mark.parametrize("value", ["5 sec", "-1s", "1.5s", "s", "5S", "1m 30s", "30s1m", "1m1m", "1m30"])
 def test_invalid_time(value):
     msg = errors(broken(timeouts={"read": value}))
     assert f"services[alpha].timeouts.read: {value!r} is invalid; use an nginx time" in msg
 
 
-@pytest.mark.parametrize("value", ["300s", "5m", "1m 30s", "500ms", "60"])
+@pytest.mark.parametrize("value", ["300s", "5m", "1m30s", "1h30m15s", "500ms", "60"])
 def test_valid_times(value):
     assert load_data(broken(timeouts={"read": value})).services[0].timeouts.read == value
 
@@ -264,7 +266,7 @@ def test_disabled_service_is_outside_the_budget_and_routes():
     ({"upstream_host": "local host"}, "upstream_host"),
 ])
 def test_other_field_checks(changes, field):
-    label = "Alpha" if "name" in changes else "alpha"
+    label = "#1" if "name" in changes else "alpha"  # an invalid name is never printed as a label
     assert f"services[{label}].{field}:" in errors(broken(**changes))
 
 
