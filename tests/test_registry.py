@@ -308,3 +308,160 @@ def test_load_from_path_and_errors(tmp_path):
 
 def test_default_path_is_the_shipped_file():
     assert DEFAULT_PATH.parts[-2:] == ("group_data", "services.yaml") and DEFAULT_PATH.is_file()
+
+
+# --- hardening: no value reaches a shell, a unit or nginx unchecked (issue 10 §2) ---------
+
+CONTROL = ["\r", "\n", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\u202e"]
+
+
+@pytest.mark.parametrize("char", CONTROL)
+@pytest.mark.parametrize("field", ["description", "container", "public_path", "upstream_path",
+                                   "upstream_host", "compose_file", "memory_limit", "max_body_size",
+                                   "unit"])
+def test_every_string_field_rejects_control_characters(field, char):
+    value = {"description": "ok", "container": "alpha-c", "public_path": "/alpha/",
+             "upstream_path": "/api/alpha/", "upstream_host": "localhost",
+             "compose_file": "/srv/a.yml", "memory_limit": "64m", "max_body_size": "1m",
+             "unit": "watchme-alpha.service"}[field]
+    msg = errors(broken(**{field: value[:2] + char + value[2:]}))
+    assert f"services[alpha].{field}:" in msg
+    assert all(c not in msg for c in CONTROL if c != "\n"), "the message echoes the raw value"
+
+
+@pytest.mark.parametrize("char", CONTROL)
+def test_nested_strings_reject_control_characters(char):
+    assert "services[alpha].probe.path:" in errors(broken(probe={"path": "st" + char + "atus"}))
+    assert "services[alpha].timeouts.read:" in errors(broken(timeouts={"read": "6" + char + "0s"}))
+    assert "services[alpha].methods[0]:" in errors(broken(methods=["GET" + char]))
+    assert "services[alpha].cors_origins[0]:" in errors(broken(cors_origins=["https://a" + char]))
+
+
+@pytest.mark.parametrize("value", [
+    "x'$(touch /tmp/pwned)'", "$(touch /tmp/pwned)", "`touch /tmp/pwned`", "a${IFS}b", "a;b",
+    "a b", 'a"b', "a'b", "{x}", "a\\b", "?q=$(id)", "a?x=1&y=2", "a|b", "a>b", "a*b", "/abs",
+])
+def test_probe_path_refuses_shell_and_nginx_metacharacters(value):
+    assert "services[alpha].probe.path:" in errors(broken(probe={"path": value}))
+
+
+@pytest.mark.parametrize("value", ["", "status", "status/whisper", "health?full=1", "v1.2/x_y~z-"])
+def test_probe_path_accepts_plain_paths_and_a_query(value):
+    assert load_data(broken(probe={"path": value})).services[0].probe.path == value
+
+
+@pytest.mark.parametrize("value", ["50% done", "back\\", "a\\nExecStartPre=/bin/sh", "x" * 201, ""])
+def test_description_refuses_what_systemd_interprets(value):
+    assert "services[alpha].description:" in errors(broken(description=value))
+
+
+def test_description_may_be_japanese():
+    text = "スケジューラー API（Whisper の定期実行）"
+    assert load_data(broken(description=text)).services[0].description == text
+
+
+@pytest.mark.parametrize("value", ["/a/../b.yml", "/a//b.yml", "/a/./b.yml", "/a/b/", "//a.yml",
+                                   "/a/b c.yml", "/a/$(id).yml", "/a/%n.yml", "a/b.yml", "/a/'b'.yml",
+                                   "/a/b;c.yml"])
+def test_compose_file_is_a_normalised_absolute_safe_path(value):
+    assert "services[alpha].compose_file:" in errors(broken(compose_file=value))
+
+
+def test_unit_defaults_to_the_seed_convention_and_may_be_set():
+    reg = load_data(copy.deepcopy(BASE))
+    assert [s.unit for s in reg.services] == ["watchme-alpha.service", "watchme-beta.service"]
+    assert load_data(broken(unit="api-alpha.service")).services[0].unit == "api-alpha.service"
+
+
+@pytest.mark.parametrize("unit", [
+    "ssh.service", "sshd.service", "nginx.service", "docker.service", "containerd.service",
+    "systemd-journald.service", "systemd-networkd.service", "cron.service", "dbus.service",
+    "networking.service", "getty.service", "watchme-infrastructure.service", "watchme-guard.service",
+])
+def test_unit_never_replaces_a_system_or_project_unit(unit):
+    msg = errors(broken(unit=unit))
+    assert f"services[alpha].unit: {unit} is a unit of the system or of this project" in msg
+
+
+@pytest.mark.parametrize("unit", ["alpha", "alpha.timer", "a b.service", "x@y.service", "../x.service",
+                                  "a/b.service", ".service"])
+def test_unit_name_shape(unit):
+    assert "services[alpha].unit:" in errors(broken(unit=unit))
+
+
+@pytest.mark.parametrize("name", ["guard", "infrastructure"])
+def test_default_unit_of_a_name_can_collide_too(name):
+    assert f"services[{name}].unit: watchme-{name}.service is a unit" in errors(broken(name=name))
+
+
+def test_units_are_unique_and_not_the_infrastructure_unit():
+    data = broken(unit="watchme-beta.service")
+    assert "services[beta].unit: watchme-beta.service is also the unit of services[alpha]" in errors(data)
+    custom = Settings(infra_unit="watchme-alpha.service")
+    with pytest.raises(RegistryError, match=r"services\[alpha\]\.unit: .*\(infra_unit\)"):
+        load_data(copy.deepcopy(BASE), custom)
+
+
+@pytest.mark.parametrize("value", ["169.254.169.254", "169.254.1.1", "0.0.0.0", "2852039166",
+                                   "0xa9.0xfe.0xa9.0xfe", "0251.0376.0251.0376", "169.254.43518",
+                                   "metadata.google.internal", "instance-data.ec2.internal",
+                                   "fe80::1", "[fd00:ec2::254]", "fd00:ec2::254", "0"])
+def test_upstream_host_never_link_local_or_metadata(value):
+    assert "services[alpha].upstream_host:" in errors(broken(upstream_host=value))
+
+
+@pytest.mark.parametrize("value", ["localhost", "127.0.0.1", "172.27.0.5", "watchme-vault-api"])
+def test_upstream_host_allows_services(value):
+    assert load_data(broken(upstream_host=value)).services[0].upstream_host == value
+
+
+@pytest.mark.parametrize("size", ["0", "0m", "000k"])
+def test_body_size_zero_needs_the_explicit_flag(size):
+    assert "services[alpha].max_body_size:" in errors(broken(max_body_size=size))
+    assert "max_body_unlimited: true" in errors(broken(max_body_size=size))
+    ok = load_data(broken(max_body_size=size, max_body_unlimited=True)).services[0]
+    assert ok.max_body_unlimited and ok.max_body_size == size
+    assert "services[alpha].max_body_unlimited:" in errors(broken(max_body_unlimited=True))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("port", 8020.0), ("port", "8020"), ("port", True), ("priority", 1.0), ("priority", True),
+    ("enabled", "yes"), ("enabled", 1), ("start", "true"), ("port_override", 1),
+    ("ip", 2887450644), ("memory_limit", 64), ("description", 5),
+])
+def test_integers_and_booleans_are_strict(field, value):
+    assert f"services[alpha].{field}:" in errors(broken(**{field: value}))
+
+
+def test_probe_expect_is_a_strict_integer():
+    assert "services[alpha].probe.expect:" in errors(broken(probe={"expect": 200.0}))
+    assert "services[alpha].probe.expect:" in errors(broken(probe={"expect": "200"}))
+
+
+@pytest.mark.parametrize("field, value", [("memory_limit", "٣m"), ("max_body_size", "١m"),
+                                          ("timeouts", {"read": "٥s"})])
+def test_unicode_digits_are_not_digits(field, value):
+    assert f"services[alpha].{field}" in errors(broken(**{field: value}))
+
+
+def test_public_path_must_be_normalised():
+    msg = errors(broken(public_path="/a//b/", upstream_path="/"))
+    assert "services[alpha].public_path: '/a//b/' is not a normalised path" in msg and "'/a/b/'" in msg
+
+
+def test_an_invalid_name_is_never_echoed_as_a_label():
+    msg = errors(broken(name="x\r\nExecStartPre=/bin/sh"))
+    assert "services[#1].name:" in msg and "\r" not in msg and "ExecStartPre=/bin/sh\n" not in msg
+
+
+def test_settings_reach_the_registry_checks():
+    data = copy.deepcopy(BASE)
+    for s, ip in zip(data["services"], ["10.9.0.20", "10.9.0.21"]):
+        s["ip"] = ip
+    other = Settings(network_subnet="10.9.0.0/16", network_gateway="10.9.0.1")
+    assert str(load_data(copy.deepcopy(data), other).services[0].ip) == "10.9.0.20"
+    assert "services[alpha].ip: 10.9.0.20 is not a usable address of watchme-network 172.27.0.0/16" \
+        in errors(data)
+    small = Settings(host_memory_mib=1100, memory_os_reserve_mib=100)
+    with pytest.raises(RegistryError, match="1088 MiB \\+ 100 MiB OS reserve > 1100 MiB"):
+        load_data(copy.deepcopy(BASE), small)

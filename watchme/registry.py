@@ -108,12 +108,10 @@ def _upstream_host_before(value: Any) -> Any:
     return value
 
 
-def _unit_name(value: str) -> str:
-    stem = value.rsplit(".", 1)[0]
-    if value in PROJECT_UNITS or stem in SYSTEM_UNITS or stem.startswith(SYSTEM_UNIT_PREFIXES):
-        raise ValueError(f"{value!r} is a unit of the system or of this project; keep the "
-                         "default watchme-<name>.service or pick another name")
-    return value
+def reserved_unit(unit: str) -> bool:
+    """A unit name of this project or of the system, never a service's."""
+    stem = unit.rsplit(".", 1)[0]
+    return unit in PROJECT_UNITS or stem in SYSTEM_UNITS or stem.startswith(SYSTEM_UNIT_PREFIXES)
 
 
 def _ipv4(value: Any) -> Any:
@@ -142,8 +140,7 @@ ProbePath = Annotated[StrictStr, _check(
     "give a path relative to public_path, without a leading '/', of letters, digits and ._~-/, "
     "with an optional ?query of letters, digits and ._~=- (no quotes, $, &, ; or spaces)")]
 UnitName = Annotated[StrictStr, _check(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.service",
-                                       "use letters, digits and _.- ending in .service"),
-                     AfterValidator(_unit_name)]
+                                       "use letters, digits and _.- ending in .service")]
 UpstreamHost = Annotated[HostName, BeforeValidator(_upstream_host_before), AfterValidator(_upstream_host)]
 
 
@@ -216,6 +213,11 @@ class Service(BaseModel):
         if not self.port_override and not any(lo <= self.port <= hi for lo, hi in PORT_RANGES):
             out.append(("port", f"{self.port} is outside the port conventions (8000-8099 APIs, "
                                 "9000-9099 admin tools); pick a free port there or set port_override: true"))
+        if self.unit is not None and reserved_unit(self.unit):
+            fix = "rename the service" if self.unit == f"watchme-{self.name}.service" else \
+                "keep the default watchme-<name>.service or pick another unit name"
+            out.append(("unit", f"{self.unit} is a unit of the system or of this project "
+                                f"(see watchme/registry.py PROJECT_UNITS, SYSTEM_UNITS); {fix}"))
         pub, up = self.public_path, self.upstream_path
         if normalize(pub) != pub:
             out.append(("public_path", f"{pub!r} is not a normalised path, so nginx never matches it; "
