@@ -1,6 +1,7 @@
 """nginx's proxy_pass URI rule, longest-prefix location matching, and the routes CLI."""
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,16 @@ def test_match_shipped_registry():
 
 # --- CLI --------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def _no_registry_env(monkeypatch):
+    monkeypatch.delenv("WATCHME_REGISTRY", raising=False)
+
+
+ONLY = {"services": [{"name": "only", "description": "d", "container": "c", "ip": None, "port": 8030,
+                      "public_path": "/only/", "upstream_path": "/v1/", "memory_limit": "32m",
+                      "priority": 1, "compose_file": "/srv/only.yml"}]}
+
+
 def test_cli_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -161,3 +172,45 @@ def test_cli_registry_error_exits_2(tmp_path, capsys):
     assert main(["--registry", str(path), "list"]) == 2
     err = capsys.readouterr().err
     assert "services[bad].upstream_path:" in err and "/bad/foo upstream as /v1foo" in err
+
+
+def test_cli_honours_watchme_registry_like_the_deploy(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "env.yaml"
+    path.write_text(yaml.safe_dump(ONLY))
+    monkeypatch.setenv("WATCHME_REGISTRY", str(path))
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "/only/" in out and "scheduler" not in out
+    assert main(["explain", "/only/x"]) == 0
+    assert "http://localhost:8030/v1/x" in capsys.readouterr().out
+    # --registry still wins over the variable.
+    assert main(["--registry", str(ROOT / "group_data" / "services.yaml"), "list"]) == 0
+    assert "scheduler" in capsys.readouterr().out
+
+
+def test_watchme_routes_and_explain_through_the_command(tmp_path):
+    path = tmp_path / "env.yaml"
+    path.write_text(yaml.safe_dump(ONLY))
+    watchme = str(Path(sys.executable).with_name("watchme"))
+    env = {**os.environ, "WATCHME_REGISTRY": str(path)}
+    run = subprocess.run([watchme, "explain", "/only/x"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and "http://localhost:8030/v1/x" in run.stdout, run.stderr
+    run = subprocess.run([watchme, "routes"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert "/only/" in run.stdout and "scheduler" not in run.stdout
+
+
+def test_watchme_command_table(capsys, monkeypatch):
+    from watchme import __main__ as cli
+
+    assert cli.main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    for cmd in cli.COMMANDS:
+        assert f"watchme {cmd}" in usage
+    assert cli.main(["nope"]) == 2
+    assert "unknown command 'nope'" in capsys.readouterr().err
+    # A command whose module is not in this checkout says so, instead of a traceback.
+    monkeypatch.setitem(cli.COMMANDS, "later", ("watchme.not_written_yet", []))
+    assert cli.main(["later"]) == 2
+    assert "watchme/not_written_yet.py is missing" in capsys.readouterr().err
+    for cmd in ("unlock", "import", "docs", "rollout"):
+        assert cli.COMMANDS[cmd][0] in ("watchme.unlock", "watchme.importer", "watchme.docs", "watchme.rollout")
