@@ -23,8 +23,6 @@ from typing import Annotated, Any
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       StrictFloat, StrictInt, StrictStr, ValidationError)
 
-UNIT_SUFFIXES = (".service", ".timer")
-
 
 class ConfigError(Exception):
     """Bad configuration: `problems` are complete lines, `WHERE: problem; fix`."""
