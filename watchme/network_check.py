@@ -1,4 +1,4 @@
-"""The deploy's own run of the network monitor (files/network_monitor.py) at its end.
+"""The deploy's own run of the host's network check (files/network_monitor.py) at its end.
 
 A fact runs the monitor without --fix when the deploy collects facts, before any change.
 The operation runs it again with --fix, at the end, only when it can matter: when that
@@ -21,7 +21,7 @@ import shlex
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, operation
 
-from watchme.disk import remote
+from watchme import remote
 
 FIXABLE = ("detached", "wrong_ip")
 DOWN = ("missing", "stopped")
@@ -71,10 +71,16 @@ def verdict(result: dict | None) -> tuple[list[str], list[str]]:
             errors.append(f"{m['container']} is running but {_where(m)} (wanted "
                           f"{m['expected_ip']} on {report['network']['name']})"
                           + (f": {m['error']}" if m["error"] else ""))
-        elif m["status"] in DOWN:
+        elif m["status"] in DOWN and not m.get("oom_killed"):
             warnings.append(f"{m['container']} ({m['expected_ip']}) is {m['status']}"
                             + (f" ({m['state']})" if m["state"] else "")
                             + "; its unit starts it")
+        if m.get("oom_killed"):
+            warnings.append(f"{m['container']} was killed by the OOM killer (exit "
+                            f"{m['exit_code']}) with a limit of {_size(m['memory'])}")
+        if m.get("memory_ok") is False:
+            warnings.append(f"{m['container']} runs with a memory limit of "
+                            f"{_size(m['memory'])}, the registry says {_size(m['memory_limit'])}")
     net = report["network"]
     if not net["ok"]:
         what = (f"network {net['name']} is missing" if not net["exists"] else
@@ -82,6 +88,16 @@ def verdict(result: dict | None) -> tuple[list[str], list[str]]:
                 f"{net['found_gateway']}, wanted {net['subnet']} gw {net['gateway']}")
         (errors if running and net["exists"] else warnings).append(what)
     return errors, warnings
+
+
+def _size(n: int | None) -> str:
+    """Bytes as Docker's flags spell them (files/network_monitor.py size)."""
+    if not n:
+        return "unlimited" if n == 0 else "?"
+    for unit, factor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}b"
 
 
 def _where(m: dict) -> str:
@@ -140,8 +156,8 @@ def _log(host, result: dict | None) -> bool:
 
 
 def _run_and_report(state, host, script: str, members: str, fix: bool) -> bool:
-    _, lines = remote(state, host, monitor_command(script, members, fix))
-    return _log(host, parse(lines))
+    _, out, err = remote.run(state, host, monitor_command(script, members, fix))
+    return _log(host, parse(out))
 
 
 @operation()
