@@ -173,6 +173,7 @@ def test_monitor_verdict_fails_only_for_running_containers_left_off():
 def test_monitor_command_and_parse():
     cmd = monitor.monitor_command("/s/nm.py", "/m/x.json", fix=True)
     assert "python3 /s/nm.py --json --members /m/x.json --fix" in cmd
+    assert "--members /m/x.json --check 2>&1" in monitor.monitor_command("/s/nm.py", "/m/x.json", fix=False)
     assert monitor.parse(['{"status": "healthy"}', "@@exit=0"]) == {
         "exit": 0, "report": {"status": "healthy"}, "output": ['{"status": "healthy"}']}
     assert monitor.parse([]) is None  # not installed yet

@@ -41,7 +41,7 @@ class NetworkReport(FactBase):
 def monitor_command(script: str, members: str, fix: bool) -> str:
     s, m = shlex.quote(script), shlex.quote(members)
     return (f"if [ -f {s} ] && command -v python3 >/dev/null; then "
-            f"python3 {s} --json --members {m}{' --fix' if fix else ''} 2>&1; "
+            f"python3 {s} --json --members {m} {'--fix' if fix else '--check'} 2>&1; "
             'echo "@@exit=$?"; fi')
 
 
