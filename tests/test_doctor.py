@@ -181,6 +181,20 @@ def test_text_table(running, testhost_env, cfg):
 
 
 @pytest.mark.e2e
+def test_data_overrides_reach_the_checks(running, testhost_env, cfg):
+    """doctor sees what a deploy sees: `--data` overrides apply (here: the disk threshold)."""
+    rc, rows = run_doctor(testhost_env, cfg, "--data", "disk_prune_threshold=1")
+    assert rc == 1 and _failing(rows) == {("host", "docker disk")}
+    assert rows["host", "docker disk"]["detail"].endswith("% used (limit 1%)")
+
+
+def test_bad_data_is_refused():
+    p = subprocess.run([WATCHME, "doctor", "--data", "novalue"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "--data 'novalue': expected key=value" in p.stderr
+
+
+@pytest.mark.e2e
 def test_container_stopped(running, host, testhost_env, cfg):
     host.check_output("systemctl stop alpha.service")
     try:

@@ -337,9 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = inspect.parse_data(args.data)
         state, failed = inspect.connect(data)
-    except (ValueError, SystemExit) as e:
+    except (ValueError, SystemExit) as e:  # bad --data, a bad registry or WATCHME_* variable
         print(f"watchme doctor: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - pyinfra gives up when no host can be reached
+        print(f"watchme doctor: no host reachable: {e}; fix: check WATCHME_HOSTS, "
+              "WATCHME_SSH_KEY, WATCHME_KNOWN_HOSTS", file=sys.stderr)
+        return 1
     report = {name: unreachable(why) for name, why in failed.items()}
     answers = inspect.facts(DoctorProbe, state=state,
                             per_host=lambda h: {"script": probe_script(settings(h.data))})
