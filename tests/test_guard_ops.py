@@ -155,7 +155,8 @@ def test_monitor_verdict_warns_for_memory_and_oom():
     report["report"]["members"][1].update(memory=1 << 30, oom_killed=True, exit_code=137)
     assert monitor.verdict(report) == ([], [
         "a runs with a memory limit of 512m, the registry says 1g",
-        "t was killed by the OOM killer (exit 137) with a limit of 1g"])
+        "t (172.27.0.20) is stopped (exited); its unit starts it",
+        "t was killed (exit 137: the OOM killer, or a SIGKILL) with a memory limit of 1g"])
 
 
 def test_monitor_verdict_fails_only_for_running_containers_left_off():

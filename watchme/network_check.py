@@ -71,13 +71,14 @@ def verdict(result: dict | None) -> tuple[list[str], list[str]]:
             errors.append(f"{m['container']} is running but {_where(m)} (wanted "
                           f"{m['expected_ip']} on {report['network']['name']})"
                           + (f": {m['error']}" if m["error"] else ""))
-        elif m["status"] in DOWN and not m.get("oom_killed"):
+        elif m["status"] in DOWN:
             warnings.append(f"{m['container']} ({m['expected_ip']}) is {m['status']}"
                             + (f" ({m['state']})" if m["state"] else "")
                             + "; its unit starts it")
         if m.get("oom_killed"):
-            warnings.append(f"{m['container']} was killed by the OOM killer (exit "
-                            f"{m['exit_code']}) with a limit of {_size(m['memory'])}")
+            warnings.append(f"{m['container']} was killed (exit {m['exit_code']}: the OOM "
+                            "killer, or a SIGKILL) with a memory limit of "
+                            f"{_size(m['memory'])}")
         if m.get("memory_ok") is False:
             warnings.append(f"{m['container']} runs with a memory limit of "
                             f"{_size(m['memory'])}, the registry says {_size(m['memory_limit'])}")
