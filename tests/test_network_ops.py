@@ -199,3 +199,15 @@ def test_ours_finds_links_into_the_config_root():
                                  "file hand.service", "link x.service /cfg/systemd-old/x.service"])
     assert units["hand.service"] is None
     assert ours(units, "/cfg/systemd") == ["alpha.service"]
+
+
+def test_infrastructure_unit_runs_the_same_ensure():
+    from types import SimpleNamespace
+
+    from watchme.network import create_command
+    fake = FakeHost({})
+    fake.data = SimpleNamespace(config_root="/opt/watchme")
+    with ctx_host.use(fake):
+        assert create_command("watchme-network", "bridge", "172.27.0.0/16", "172.27.0.1") == (
+            "/usr/bin/python3 /opt/watchme/scripts/network_repair.py --ensure --name "
+            "watchme-network --driver bridge --subnet 172.27.0.0/16 --gateway 172.27.0.1")
