@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pyinfra.api import FactBase
 
 from watchme import kv
+from watchme.network_check import size
 
 
 @dataclass
@@ -194,17 +195,6 @@ def _mib(kib: str) -> int:
     return int(kib or 0) // 1024
 
 
-def _size(n) -> str:
-    if n is None:
-        return "?"
-    if n == 0:
-        return "unlimited"
-    for unit, factor in (("g", 1 << 30), ("m", 1 << 20)):
-        if n % factor == 0:
-            return f"{n // factor}{unit}"
-    return f"{n}b"
-
-
 def host_rows(v: dict[str, str], cfg: dict) -> list[Row]:
     ctx = dict(cfg)
     rows = [row("host", "nginx config (nginx -t)", "nginx", v.get("nginx_out", "?"),
@@ -259,7 +249,7 @@ def service_rows(s, v: dict[str, str], cfg: dict, member: dict | None) -> list[R
     running = state in ("running", "paused")
     ctx = {**cfg, "name": k, "unit": unit, "container": s.container, "port": s.port,
            "compose_file": s.compose_file, "memory_limit": s.memory_limit,
-           "real_limit": _size(member.get("memory")), "state": state,
+           "real_limit": size(member.get("memory")), "state": state,
            "exit_code": member.get("exit_code", "?"),
            "oom": "true" if member.get("oom_killed") else "false",
            "upstream_path": s.upstream_path, "upstream_url": s.upstream_url,

@@ -78,10 +78,10 @@ def verdict(result: dict | None) -> tuple[list[str], list[str]]:
         if m.get("oom_killed"):
             warnings.append(f"{m['container']} was killed (exit {m['exit_code']}: the OOM "
                             "killer, or a SIGKILL) with a memory limit of "
-                            f"{_size(m['memory'])}")
+                            f"{size(m['memory'])}")
         if m.get("memory_ok") is False:
             warnings.append(f"{m['container']} runs with a memory limit of "
-                            f"{_size(m['memory'])}, the registry says {_size(m['memory_limit'])}")
+                            f"{size(m['memory'])}, the registry says {size(m['memory_limit'])}")
     net = report["network"]
     if not net["ok"]:
         what = (f"network {net['name']} is missing" if not net["exists"] else
@@ -91,8 +91,8 @@ def verdict(result: dict | None) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def _size(n: int | None) -> str:
-    """Bytes as Docker's flags spell them (files/network_monitor.py size)."""
+def size(n: int | None) -> str:
+    """Bytes as Docker's flags spell them (as files/network_monitor.py prints them)."""
     if not n:
         return "unlimited" if n == 0 else "?"
     for unit, factor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
