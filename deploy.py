@@ -4,7 +4,7 @@
 """
 
 from watchme import prefetch
-from tasks import bootstrap, connection, lock, disk, memory, monitor, network, nginx, units
+from tasks import bootstrap, connection, lock, disk, guard as monitor, memory, network, nginx, units
 
 connection.tune()
 bootstrap.preflight()  # distro and sudo, before anything uses sudo

@@ -1,18 +1,19 @@
 #!/bin/sh
-# Peak memory and wall time of one network monitor run (and one disk guard check), measured
-# on the host itself, where they run every 5 minutes:
+# Peak memory and wall time of one network check run (and one disk guard check, one network
+# read), measured on the host itself, where the guard runs them every 5 minutes:
 #   ssh ubuntu@SERVER 'sudo sh -s' < bench/monitor_memory.sh        # from the repo
-#   sudo sh bench/monitor_memory.sh [RUNS] [SCRIPT]                    # on the host
+#   sudo sh bench/monitor_memory.sh [RUNS] [SCRIPTS_DIR]               # on the host
 # /usr/bin/time is often missing on the server, so a small python3 wrapper reads
 # getrusage(RUSAGE_CHILDREN): ru_maxrss is the peak RSS of the largest child it waited for,
 # i.e. of the monitor itself (the wrapper's own memory is not counted). For comparison it
 # also measures `docker network inspect`, the Docker CLI, which the monitor does not use.
 runs=${1:-10}
-script=${2:-/home/ubuntu/watchme-server-configs/scripts/network_monitor.py}
-python3 - "$runs" "$script" <<'PY'
+scripts=${2:-/opt/watchme/scripts}
+python3 - "$runs" "$scripts" <<'PY'
 import resource, statistics, subprocess, sys, time
 
-runs, script = int(sys.argv[1]), sys.argv[2]
+runs, scripts = int(sys.argv[1]), sys.argv[2]
+script = f"{scripts}/network_monitor.py"
 
 
 def cpu():
@@ -36,8 +37,10 @@ def measure(label, argv):
           f"  exit {sorted(codes)}  ({runs} runs)")
 
 
-measure("network_monitor.py", ["python3", script])
+measure("network_monitor.py --check", ["python3", script, "--check"])
 measure("network_monitor.py --json", ["python3", script, "--json"])
-measure("network_monitor.py --disk-guard", ["python3", script, "--disk-guard"])
+measure("disk_guard.py --check", ["python3", f"{scripts}/disk_guard.py", "--check"])
+measure("network_repair.py --check", ["python3", f"{scripts}/network_repair.py", "--name",
+                                      "watchme-network"])
 measure("docker network inspect (CLI)", ["docker", "network", "inspect", "watchme-network"])
 PY

@@ -14,28 +14,36 @@ from pyinfra import host, logger
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server
 
-from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_network, drift,
-                             drift_report, migrate_compose)
+from tasks import guard
+from watchme import backup
+from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_network,
+                             drift_report, migrate_compose, script_path)
 
 
 def check() -> None:
-    """Before any change: refuse a drifted network unless repair is asked for."""
+    """Before any change: refuse a drifted network unless repair is asked for. On a new host
+    the check script is not installed yet: the host-side --ensure decides then."""
     d = host.data
-    found = host.get_fact(DockerNetwork, network=d.network_name)
+    found = host.get_fact(DockerNetwork, script=script_path(), network=d.network_name,
+                          driver=d.network_driver, subnet=d.network_subnet,
+                          gateway=d.network_gateway)
     if found is None:
         return
-    diffs = drift(found, d.network_driver, d.network_subnet, d.network_gateway)
-    if diffs and not d.network_repair:
-        raise DeployError(f"{host.name}: " + drift_report(found, diffs))
-    if diffs:
+    if found["journal"]:
+        logger.warning(f"{host.print_prefix}network: finishing the interrupted repair of "
+                       f"{d.network_name} (journal from {found['journal'].get('started')})")
+    elif found["drift"] and not d.network_repair:
+        raise DeployError(f"{host.name}: " + drift_report(found))
+    elif found["drift"]:
         logger.warning(f"{host.print_prefix}network_repair: recreating {d.network_name} and "
                        f"reconnecting {len(found['containers'])} container(s)")
 
 
 def apply() -> dict:
-    """The network, then the compose audit; returns {service name: migrate op} so units can
-    restart a migrated service."""
+    """The host scripts, the network, then the compose audit; returns {service name: migrate
+    op} so units can restart a migrated service."""
     check()
+    guard.install_scripts()  # the network operation and the infrastructure unit run them
     d = host.data
     docker_network(
         name=f"Docker network {d.network_name} ({d.network_driver} {d.network_subnet} "
@@ -71,7 +79,7 @@ def audit() -> dict:
                            f"not migrated: {e}")
             continue
         server.shell(name=f"Back up {s.compose_file} before migrating it",
-                     commands=[f"cp -p {s.compose_file} {s.compose_file}.backup.$(date +%Y%m%d_%H%M%S)"])
+                     commands=[backup.copy_command(s.compose_file)])
         migrated[s.name] = files.put(
             name=f"Migrate {s.compose_file} to external {d.network_name}",
             src=StringIO(text), dest=s.compose_file, user=f["user"], group=f["group"],

@@ -43,11 +43,13 @@ def compose(s: dict, network: str = "watchme-network", owned: bool = False) -> s
     net = "    driver: bridge\n" if owned else "    external: true\n"
     addr = f"        ipv4_address: {s['ip']}\n" if not owned else ""
     return (
-        'version: "3.8"\n'
+        # 2.4: the newest format compose v1 reads with mem_limit (v2 reads it too)
+        'version: "2.4"\n'
         "services:\n"
         f"  {s['name']}:\n"
         f"    image: {IMAGE}\n"
         f"    container_name: {s['container']}\n"
+        f"    mem_limit: {s.get('memory_limit', '32m')}\n"
         "    init: true  # httpd as PID 1 would ignore SIGTERM: every stop would wait 10 s\n"
         "    # the page names the service, so a test sees which container answered\n"
         f"    command: [\"/bin/busybox\", \"sh\", \"-c\", \"echo {s['name']} > /www/index.html && "

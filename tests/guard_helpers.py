@@ -5,13 +5,18 @@ Debian's busybox-static with `docker import`)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 import yaml
 
-ROOT_DIR = "/home/ubuntu/watchme-server-configs"
-MONITOR = f"{ROOT_DIR}/scripts/network_monitor.py"
+# group_data/all.py's config_root, read as text: importing it would load the registry.
+ROOT_DIR = re.search(r'^config_root = "([^"]+)"', (Path(__file__).resolve().parent.parent /
+                     "group_data" / "all.py").read_text(), re.M)[1]
+SCRIPTS = f"{ROOT_DIR}/scripts"
+MONITOR = f"{SCRIPTS}/network_monitor.py"
+DISK_GUARD = f"{SCRIPTS}/disk_guard.py"
 NET = "watchme-network"
 
 
@@ -53,10 +58,12 @@ def ensure_network(host) -> None:
              f"--subnet 172.27.0.0/16 --gateway 172.27.0.1 {NET} >/dev/null")
 
 
-def run_container(host, name: str, ip: str | None = None, extra: str = "") -> None:
+def run_container(host, name: str, ip: str | None = None, extra: str = "",
+                  memory: str = "16m") -> None:
+    """A busybox container; memory: its limit (the registry's memory_limit in these tests)."""
     net = f"--network {NET} --ip {ip}" if ip else ""
-    sh(host, f"docker rm -f {name} >/dev/null 2>&1; "
-             f"docker run -d --name {name} {net} {extra} busybox:local busybox sleep 1d >/dev/null")
+    sh(host, f"docker rm -f {name} >/dev/null 2>&1; docker run -d --name {name} {net} "
+             f"--memory {memory} {extra} busybox:local busybox sleep 1d >/dev/null")
 
 
 def ip_of(host, container: str) -> str:
@@ -64,7 +71,16 @@ def ip_of(host, container: str) -> str:
                     f"{{{{.IPAddress}}}}{{{{end}}}}' {container}").strip()
 
 
+def apt_install(host, package: str) -> None:
+    """Test hosts share an apt archive cache, so another host's apt may hold its lock: retry."""
+    for _ in range(40):
+        if host.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}").rc == 0:
+            return
+        time.sleep(3)
+    raise AssertionError(f"apt-get install {package} kept failing")
+
+
 def monitor(host, *args: str) -> tuple[int, dict]:
-    """One monitor run with --json: (exit code, report)."""
+    """One network check run with --json: (exit code, report)."""
     r = host.run(f"python3 {MONITOR} --json {' '.join(args)}")
     return r.rc, json.loads(r.stdout)

@@ -1,13 +1,14 @@
-"""tasks/disk.py on a real host: prune only at the threshold, volumes and watchme-network
-always kept. The threshold is moved around the host's real usage with --data."""
+"""tasks/disk.py and disk_guard.py on a real host: prune only at the threshold; volumes,
+watchme-network, a registry service's stopped container and any container stopped less than
+10 minutes ago always kept. The threshold is moved around the host's real usage with --data."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import assert_idempotent
-from tests.guard_helpers import (MONITOR, NET, busybox_image, ensure_network, run_container, sh,
-                                 write_registry)
+from tests.guard_helpers import (DISK_GUARD, NET, ROOT_DIR, busybox_image, ensure_network,
+                                 run_container, sh, write_registry)
 
 pytestmark = pytest.mark.e2e
 
@@ -28,10 +29,13 @@ def first_run(deploy, env):
 @pytest.fixture
 def garbage(first_run, host):
     """What a prune may take (a stopped container, a dangling image) next to what it must
-    keep: a named volume with a file, a stopped container's volume, and watchme-network with
-    no running container on it (`docker system prune` would delete that network)."""
+    keep: a named volume with a file, a stopped container's volume, the registry service's
+    stopped container, and watchme-network with no running container on it (`docker system
+    prune` would delete that network)."""
     busybox_image(host)
     ensure_network(host)
+    run_container(host, "disk-member", "172.27.0.40")
+    sh(host, "docker stop -t 0 disk-member >/dev/null")
     sh(host, "docker volume create keep-data >/dev/null && docker run --rm -v keep-data:/d "
              "busybox:local sh -c 'echo precious > /d/file'")
     run_container(host, "victim", "172.27.0.41", extra="-v victim-data:/d")
@@ -65,12 +69,15 @@ def test_below_usage_threshold_prunes_but_keeps_volumes_and_network(garbage, hos
     run = deploy("--data", "disk_prune_threshold=1", env=env)
     assert run.rc == 0, run.stderr[-3000:]
     # The threshold is data: the timer's guard.env follows it; and the network monitor runs
-    # again after any change of the deploy (watchme/monitor.py).
-    assert run.changed() == ["Guard settings /home/ubuntu/watchme-server-configs/monitor/guard.env",
+    # again after any change of the deploy (watchme/network_check.py).
+    assert run.changed() == [f"Guard settings {ROOT_DIR}/monitor/guard.env",
                              "Docker disk guard (prune at 1% used)",
                              "Network monitor --fix (watchme-network members)"]
-    assert "(threshold 1%): pruned, reclaimed container " in run.stderr
-    assert host.run("docker inspect victim").rc != 0, "the stopped container was not pruned"
+    assert "(threshold 1%): pruned, reclaimed containers " in run.stderr
+    # Stopped seconds ago: kept (its unit may be restarting it, someone may read its logs).
+    assert "victim (stopped less than 10 min ago)" in run.stderr
+    assert "disk-member (a registry service's container)" in run.stderr
+    assert sh(host, "docker inspect -f '{{.State.Status}}' victim").strip() == "exited"
     assert not sh(host, "docker images -q --filter dangling=true").strip()
     for volume, content in (("keep-data", "precious"), ("victim-data", "mine")):
         assert sh(host, f"docker run --rm -v {volume}:/d busybox:local cat /d/file").strip() == content
@@ -79,25 +86,24 @@ def test_below_usage_threshold_prunes_but_keeps_volumes_and_network(garbage, hos
 
 
 def test_guard_on_the_host_follows_the_same_rule(garbage, host):
-    low = host.run(f"python3 {MONITOR} --disk-guard --threshold 100")
+    assert not sh(host, f"docker ps -q --filter network={NET}").strip(), \
+        "a running container on the network would hide a network prune"
+    low = host.run(f"python3 {DISK_GUARD} --threshold 100")
     assert low.rc == 0 and "nothing to prune" in low.stdout
     assert sh(host, "docker inspect -f '{{.State.Status}}' victim").strip() == "exited"
-    high = host.run(f"python3 {MONITOR} --disk-guard --threshold 1")
+    check = host.run(f"python3 {DISK_GUARD} --check --threshold 1 --min-age 0")
+    assert check.rc == 1 and host.run("docker inspect victim").rc == 0, "--check pruned"
+    # --min-age 0 stands in for the 10 minutes: victim is old enough, disk-member never is.
+    high = host.run(f"python3 {DISK_GUARD} --threshold 1 --min-age 0")
     # Pruned, but the disk is still above 1 %: the guard fails so the timer's unit shows it.
-    assert high.rc == 1
+    assert high.rc == 1, high.stdout + high.stderr
     assert "(threshold 1%): pruned, reclaimed containers" in high.stdout
-    assert "still" in high.stdout
+    assert "removed victim" in high.stdout and "still" in high.stdout
     assert host.run("docker inspect victim").rc != 0
-    assert sh(host, "docker run --rm -v keep-data:/d busybox:local cat /d/file").strip() == "precious"
+    assert sh(host, "docker inspect -f '{{.State.Status}}' disk-member").strip() == "exited"
+    for volume, content in (("keep-data", "precious"), ("victim-data", "mine")):
+        assert sh(host, f"docker run --rm -v {volume}:/d busybox:local cat /d/file").strip() == content
     assert host.run(f"docker network inspect {NET}").rc == 0
-
-
-def test_docker_system_prune_would_delete_the_network(garbage, host):
-    """Why the guard splits `docker system prune`: with no running container on it,
-    watchme-network goes, and no service can start until it is recreated."""
-    r = sh(host, "docker system prune -f")
-    assert NET in r.split("Deleted Networks:")[1]
-    ensure_network(host)
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -107,12 +113,12 @@ def test_docker_system_prune_would_delete_the_network(garbage, host):
                           "to True or False in group_data"),
 ])
 def test_bad_data_refused_before_any_change(first_run, host, deploy, env, arg, message):
-    sh(host, "rm -f /home/ubuntu/watchme-server-configs/monitor/guard.env")
+    sh(host, f"rm -f {ROOT_DIR}/monitor/guard.env")
     try:
         run = deploy("--data", arg, env=env)
         assert run.rc != 0
         assert message in run.stderr
-        assert not host.file("/home/ubuntu/watchme-server-configs/monitor/guard.env").exists
+        assert not host.file(f"{ROOT_DIR}/monitor/guard.env").exists
     finally:
         assert deploy(env=env).rc == 0
 

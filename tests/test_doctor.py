@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 
 import pytest
@@ -31,17 +32,32 @@ def cfg(tmp_path_factory):
     old = os.environ.get("WATCHME_REGISTRY")
     os.environ["WATCHME_REGISTRY"] = path
     try:
-        yield {**doctor.settings(), "env": {"WATCHME_REGISTRY": path}}
+        data = runpy.run_path(str(ROOT / "group_data" / "all.py"))
+        yield {**doctor.settings(data), "env": {"WATCHME_REGISTRY": path}}
     finally:
         os.environ.pop("WATCHME_REGISTRY") if old is None else os.environ.update(WATCHME_REGISTRY=old)
 
 
+def _member(container, state="running", memory=32 << 20, oom=False, exit_code=0, limit=32 << 20):
+    return {"container": container, "state": state, "memory": memory, "memory_limit": limit,
+            "memory_ok": memory == limit if memory is not None else None, "oom_killed": oom,
+            "exit_code": exit_code}
+
+
+def _net(members=None, **network):
+    return json.dumps({"status": "healthy", "error": None, "network": {
+        "name": "watchme-network", "exists": True, "found_subnet": "172.27.0.0/16",
+        "found_gateway": "172.27.0.1", "ok": True, **network},
+        "members": members or [_member("watchme-alpha"), _member("watchme-beta")]})
+
+
 HEALTHY = {"nginx_rc": "0", "nginx_out": "test is successful", "docker_active": "active",
-           "docker_info": "0", "data_root": "/var/lib/docker", "disk_pct": "40",
-           "MemTotal": "2000000", "MemAvailable": "900000", "SwapTotal": "2097148",
-           "SwapFree": "2000000", "virt": "none", "net_rc": "0", "net": "172.27.0.0/16 172.27.0.1",
+           "docker_info": "0", "MemTotal": "2000000", "MemAvailable": "900000",
+           "SwapTotal": "2097148", "SwapFree": "2000000", "virt": "none",
+           "guard_disk": json.dumps({"root": "/var/lib/docker", "percent": 40}),
+           "guard_net": _net(),
            **{f"{s}.{k}": v for s in ("alpha", "beta") for k, v in
-              (("state", "running 0 false"), ("listen", "yes"), ("upstream", "200"), ("route", "200"))}}
+              (("listen", "yes"), ("upstream", "200"), ("route", "200"))}}
 
 
 def _rows(cfg, **changes) -> dict[tuple[str, str], doctor.Row]:
@@ -55,14 +71,26 @@ def test_probe_script_is_valid_sh(cfg):
 
 
 def test_healthy_values_pass(cfg):
-    assert all(r.ok for r in _rows(cfg).values())
+    rows = _rows(cfg)
+    assert all(r.ok for r in rows.values()) and len(rows) == 6 + 2 * 5
 
 
-def test_oom_killed_container(cfg):
-    r = _rows(cfg, alpha__state="exited 137 true", alpha__listen="no", alpha__upstream="000",
-              alpha__route="502")
-    assert "OOM killer: true" in r["alpha", "container running"].cause
+def test_oom_killed_container_with_its_real_limit(cfg):
+    r = _rows(cfg, guard_net=_net([_member("watchme-alpha", "exited", 16 << 20, True, 137),
+                                   _member("watchme-beta")]),
+              alpha__listen="no", alpha__upstream="000", alpha__route="502")
+    assert r["alpha", "container running"].cause == (
+        "watchme-alpha was killed (exit 137, OOM killer: true) with a limit of 16m; "
+        "registry memory_limit 32m")
     assert r["alpha", "route via nginx"].fix.startswith("the container row: start it")
+
+
+def test_memory_limit_mismatch(cfg):
+    r = _rows(cfg, guard_net=_net([_member("watchme-alpha", memory=0), _member("watchme-beta")]))
+    row = r["alpha", "memory limit"]
+    assert not row.ok and row.detail == "unlimited (registry 32m)"
+    assert row.cause.startswith("watchme-alpha runs with a memory limit of unlimited, the registry says 32m")
+    assert r["beta", "memory limit"].ok
 
 
 def test_nginx_without_the_location(cfg):
@@ -71,17 +99,35 @@ def test_nginx_without_the_location(cfg):
 
 
 @pytest.mark.parametrize("key, value, check, cause", [
-    ("disk_pct", "91", "docker disk", "Docker's disk is nearly full"),
+    ("guard_disk", json.dumps({"root": "/var/lib/docker", "percent": 91}), "docker disk",
+     "Docker's disk is nearly full"),
+    ("guard_disk", "", "docker disk", "the disk guard cannot look"),
     ("MemAvailable", "100000", "memory", "memory is nearly exhausted"),
     ("SwapTotal", "0", "swap", "no swap"),
-    ("net", "172.18.0.0/16 172.18.0.1", "watchme-network subnet", "watchme-network has subnet/gateway"),
-    ("net_rc", "1", "watchme-network subnet", "watchme-network does not exist"),
+    ("guard_net", _net(found_subnet="172.18.0.0/16", found_gateway="172.18.0.1", ok=False),
+     "watchme-network subnet", "watchme-network has subnet/gateway 172.18.0.0/16 172.18.0.1"),
+    ("guard_net", _net(exists=False, ok=False), "watchme-network subnet",
+     "watchme-network does not exist"),
+    ("guard_net", "", "watchme-network subnet", "the network check cannot look"),
     ("nginx_rc", "1", "nginx config (nginx -t)", "the Nginx configuration does not load"),
     ("docker_active", "inactive", "docker daemon", "the Docker daemon is down"),
 ])
 def test_host_rows_fail_with_cause(cfg, key, value, check, cause):
     row = _rows(cfg, **{key: value})["host", check]
     assert not row.ok and row.cause.startswith(cause) and row.fix
+
+
+def test_every_advice_formats(cfg):
+    """Every (check, finding) of the table formats with the context its rows give."""
+    s = cfg["registry"].enabled_services[0]
+    ctx = {**cfg, "name": s.name, "unit": "u", "container": "c", "port": 1, "compose_file": "f",
+           "memory_limit": "1g", "real_limit": "1g", "state": "exited", "exit_code": 1,
+           "oom": "true", "upstream_path": "/", "upstream_url": "u", "public_path": "/p/",
+           "want": "200", "internal": "i", "code": "500", "rcode": "502", "error": "e",
+           "found": "x", "swap_file": "/swapfile", "swap_size_mib": 2048}
+    for check, findings in doctor.ADVICE.items():
+        for finding, (cause, fix) in findings.items():
+            assert cause.format(**ctx) and fix.format(**ctx), (check, finding)
 
 
 # End to end ------------------------------------------------------------------------------
@@ -121,7 +167,7 @@ def test_healthy_host_all_rows_pass(running, testhost_env, cfg):
     rc, rows = run_doctor(testhost_env, cfg)
     assert _failing(rows) == set()
     assert rc == 0
-    assert len(rows) == 6 + 2 * 4
+    assert len(rows) == 6 + 2 * 5
 
 
 @pytest.mark.e2e
@@ -130,8 +176,22 @@ def test_text_table(running, testhost_env, cfg):
     p = subprocess.run([WATCHME, "doctor"], cwd=ROOT, capture_output=True, text=True,
                        env={**env, **testhost_env, **cfg["env"]})
     assert p.returncode == 0
-    assert ": all 14 checks pass" in p.stdout.splitlines()[0]
+    assert ": all 16 checks pass" in p.stdout.splitlines()[0]
     assert "route via nginx" in p.stdout
+
+
+@pytest.mark.e2e
+def test_data_overrides_reach_the_checks(running, testhost_env, cfg):
+    """doctor sees what a deploy sees: `--data` overrides apply (here: the disk threshold)."""
+    rc, rows = run_doctor(testhost_env, cfg, "--data", "disk_prune_threshold=1")
+    assert rc == 1 and _failing(rows) == {("host", "docker disk")}
+    assert rows["host", "docker disk"]["detail"].endswith("% used (limit 1%)")
+
+
+def test_bad_data_is_refused():
+    p = subprocess.run([WATCHME, "doctor", "--data", "novalue"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and "--data 'novalue': expected key=value" in p.stderr
 
 
 @pytest.mark.e2e
@@ -142,6 +202,7 @@ def test_container_stopped(running, host, testhost_env, cfg):
         assert rc == 1
         assert _failing(rows) == {("alpha", c) for c in
                                   ("container running", "port listening", "upstream answers", "route via nginx")}
+        assert rows["alpha", "memory limit"]["detail"] == "no container (registry 32m)"
         assert rows["alpha", "container running"]["cause"] == "no container watchme-alpha"
         assert rows["alpha", "container running"]["fix"].startswith("sudo systemctl start alpha.service")
         route = rows["alpha", "route via nginx"]
@@ -156,7 +217,7 @@ def test_container_stopped(running, host, testhost_env, cfg):
 def test_port_closed(running, host, testhost_env, cfg):
     """The container runs, but its port is not published (a compose file without ports:)."""
     host.check_output("systemctl stop alpha.service && docker run -d --name watchme-alpha "
-                      f"--network watchme-network --ip {ALPHA['ip']} {fake_services.IMAGE} "
+                      f"--network watchme-network --ip {ALPHA['ip']} --memory 32m {fake_services.IMAGE} "
                       "/bin/busybox sleep 1d")
     try:
         rc, rows = run_doctor(testhost_env, cfg)

@@ -4,6 +4,7 @@ operations: canned facts in, the commands (or the noop) out."""
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 import yaml
@@ -15,7 +16,9 @@ from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_
 from watchme.units import UnitFiles, ours, unit_link
 
 WANTED = {"network": "watchme-network", "driver": "bridge", "subnet": "172.27.0.0/16",
-          "gateway": "172.27.0.1"}
+          "gateway": "172.27.0.1", "script": "/s/network_repair.py"}
+ENSURE = ("python3 /s/network_repair.py --ensure --name watchme-network --driver bridge "
+          "--subnet 172.27.0.0/16 --gateway 172.27.0.1")
 
 
 class FakeHost:
@@ -37,85 +40,53 @@ def run_op(op, facts: dict, **kwargs) -> tuple[list[str], FakeHost]:
     return commands, fake
 
 
-def network(subnet="172.27.0.0/16", gateway="172.27.0.1", driver="bridge", containers=()):
-    return {"name": "watchme-network", "driver": driver, "subnet": subnet, "gateway": gateway,
-            "labels": {}, "containers": list(containers)}
+def found(drift=(), journal=None, exists=True, containers=()):
+    """DockerNetwork's value: network_repair.py --check --json."""
+    return {"exists": exists, "journal": journal, "drift": [list(d) for d in drift],
+            "network": {"name": "watchme-network", "driver": "bridge", "subnet": "172.27.0.0/16",
+                        "gateway": "172.27.0.1", "labels": {}} if exists else None,
+            "containers": list(containers)}
 
 
-def test_missing_network_is_created():
-    cmds, fake = run_op(docker_network, {DockerNetwork: None}, **WANTED)
-    assert cmds == ["docker network create --driver bridge --subnet 172.27.0.0/16 "
-                    "--gateway 172.27.0.1 watchme-network"]
-    assert fake.asked == [(DockerNetwork, {"network": "watchme-network"})]
-
-
-def test_matching_network_is_a_noop():
-    cmds, fake = run_op(docker_network, {DockerNetwork: network()}, **WANTED)
-    assert cmds == []
-    assert fake.noops == ["network watchme-network: bridge 172.27.0.0/16 gateway 172.27.0.1"]
-
-
-@pytest.mark.parametrize("found, line", [
-    (network(subnet="172.18.0.0/16"), "subnet   wanted 172.27.0.0/16    found 172.18.0.0/16"),
-    (network(gateway="172.27.0.254"), "gateway  wanted 172.27.0.1       found 172.27.0.254"),
-    (network(driver="macvlan"), "driver   wanted bridge           found macvlan"),
+@pytest.mark.parametrize("fact, repair, fixed, expect", [
+    (None, False, {}, [ENSURE]),                                  # script not installed yet
+    (found(exists=False), False, {}, [ENSURE]),                   # missing: created on the host
+    (found(journal={"started": "x"}), False, {}, [ENSURE]),       # an interrupted repair
+    (found(), False, {}, []),                                     # as wanted
+    (found(drift=[("subnet", "172.27.0.0/16", "172.27.0.0/24")]), True,
+     {"watchme-vault-api": "172.27.0.6", "a b": "172.27.0.7"},
+     [ENSURE + " --repair --fixed-ip 'a b=172.27.0.7' --fixed-ip watchme-vault-api=172.27.0.6"]),
 ])
-def test_drift_without_repair_fails_with_the_diff(found, line):
-    found["containers"] = [{"name": "api-transcriber", "ip": "172.18.0.3", "aliases": ["transcriber"],
-                            "running": True}]
+def test_network_op(fact, repair, fixed, expect):
+    cmds, fake = run_op(docker_network, {DockerNetwork: fact}, **WANTED, repair=repair, fixed_ips=fixed)
+    assert cmds == expect
+    assert bool(fake.noops) == (expect == [])
+    assert fake.asked == [(DockerNetwork, {k: v for k, v in WANTED.items() if k != "network"}
+                           | {"network": "watchme-network"})]
+
+
+@pytest.mark.parametrize("line", [
+    "subnet   wanted 172.27.0.0/16    found 172.18.0.0/16",
+])
+def test_drift_without_repair_fails_with_the_diff(line):
+    fact = found(drift=[("subnet", "172.27.0.0/16", "172.18.0.0/16")], containers=[
+        {"name": "api-transcriber", "ip": "172.18.0.3", "aliases": ["transcriber"], "running": True}])
     with pytest.raises(OperationError) as e:
-        run_op(docker_network, {DockerNetwork: found}, **WANTED)
+        run_op(docker_network, {DockerNetwork: fact}, **WANTED)
     msg = str(e.value)
     assert line in msg
     assert "api-transcriber              172.18.0.3 aliases transcriber" in msg
     assert "network_repair=true" in msg
 
 
-def test_repair_reconnects_with_ips_and_aliases():
-    found = network(subnet="172.27.0.0/24", gateway="172.27.0.254", containers=[
-        {"name": "api-transcriber", "ip": "172.27.0.3", "aliases": ["transcriber"], "running": True},
-        {"name": "stray", "ip": "172.27.0.50", "aliases": [], "running": False},
-        {"name": "elsewhere", "ip": "10.1.0.5", "aliases": ["e1", "e2"], "running": True},
-        {"name": "watchme-vault-api", "ip": "10.9.0.6", "aliases": [], "running": True},
-    ])
-    cmds, _ = run_op(docker_network, {DockerNetwork: found}, **WANTED, repair=True,
-                     fixed_ips={"watchme-vault-api": "172.27.0.6"})
-    assert cmds == [
-        "docker network disconnect watchme-network api-transcriber",
-        "docker network disconnect watchme-network stray",
-        "docker network disconnect watchme-network elsewhere",
-        "docker network disconnect watchme-network watchme-vault-api",
-        "docker network rm watchme-network",
-        "docker network create --driver bridge --subnet 172.27.0.0/16 --gateway 172.27.0.1 watchme-network",
-        "docker network connect --ip 172.27.0.3 --alias transcriber watchme-network api-transcriber",
-        "docker network connect --ip 172.27.0.50 watchme-network stray",
-        # its old IP is outside the new subnet and it has no registry IP: Docker picks one
-        "docker network connect --alias e1 --alias e2 watchme-network elsewhere",
-        # the registry's IP wins
-        "docker network connect --ip 172.27.0.6 watchme-network watchme-vault-api",
-    ]
-
-
-def test_repair_of_a_matching_network_is_a_noop():
-    cmds, fake = run_op(docker_network, {DockerNetwork: network()}, **WANTED, repair=True)
-    assert cmds == [] and fake.noops
-
-
-def test_network_fact_parses_inspect_output():
-    net = [{"Name": "watchme-network", "Driver": "bridge", "Labels": {},
-            "IPAM": {"Config": [{"Subnet": "172.27.0.0/16", "Gateway": "172.27.0.1"}]}}]
-    containers = [{"Id": "abcdef0123456789", "Name": "/watchme-alpha", "State": {"Running": True},
-                   "NetworkSettings": {"Networks": {"watchme-network": {
-                       "IPAMConfig": {"IPv4Address": "172.27.0.6"}, "IPAddress": "172.27.0.6",
-                       "Aliases": ["abcdef012345", "alpha"]}}}}]
-    import json
-    out = DockerNetwork().process([*json.dumps(net, indent=2).splitlines(), "@@containers",
-                                   *json.dumps(containers).splitlines()])
-    assert out == {"name": "watchme-network", "driver": "bridge", "subnet": "172.27.0.0/16",
-                   "gateway": "172.27.0.1", "labels": {},
-                   "containers": [{"name": "watchme-alpha", "ip": "172.27.0.6", "aliases": ["alpha"],
-                                   "running": True}]}
-    assert DockerNetwork().process(["[]", "@@containers", "[]"]) is None
+def test_network_fact_reads_the_script():
+    fact = DockerNetwork()
+    assert fact.process([]) is None  # not installed
+    assert fact.process(json.dumps(found()).splitlines()) == found()
+    assert fact.process(['{"exit_code": 3, "error": "Docker is not answering"}'])["exists"] is False
+    assert fact.command("/s/network_repair.py", "watchme-network", "bridge", "172.27.0.0/16",
+                        "172.27.0.1").endswith(ENSURE.replace("--ensure", "--check --json")
+                                               .removeprefix("python3 ") + " || true; fi")
 
 
 def test_compose_files_fact():
@@ -230,17 +201,13 @@ def test_ours_finds_links_into_the_config_root():
     assert ours(units, "/cfg/systemd") == ["alpha.service"]
 
 
-def test_network_created_without_gateway_uses_docker_default():
-    import json
-    net = [{"Name": "watchme-network", "Driver": "bridge", "IPAM": {"Config": [{"Subnet": "172.27.0.0/16"}]}}]
-    out = DockerNetwork().process([json.dumps(net), "@@containers", "[]"])
-    assert out["gateway"] == "172.27.0.1"
-    cmds, fake = run_op(docker_network, {DockerNetwork: out}, **WANTED)
-    assert cmds == [] and fake.noops
+def test_infrastructure_unit_runs_the_same_ensure():
+    from types import SimpleNamespace
 
-
-def test_infrastructure_unit_accepts_the_implicit_default_gateway():
-    from watchme.network import unit_check_pattern
-    assert unit_check_pattern("bridge", "172.27.0.0/16", "172.27.0.1") == \
-        '"bridge 172.27.0.0/16 172.27.0.1"|"bridge 172.27.0.0/16"'
-    assert unit_check_pattern("bridge", "172.27.0.0/16", "172.27.0.254") == '"bridge 172.27.0.0/16 172.27.0.254"'
+    from watchme.network import create_command
+    fake = FakeHost({})
+    fake.data = SimpleNamespace(config_root="/opt/watchme")
+    with ctx_host.use(fake):
+        assert create_command("watchme-network", "bridge", "172.27.0.0/16", "172.27.0.1") == (
+            "/usr/bin/python3 /opt/watchme/scripts/network_repair.py --ensure --name "
+            "watchme-network --driver bridge --subnet 172.27.0.0/16 --gateway 172.27.0.1")

@@ -1,92 +1,89 @@
-"""Docker's disk: the fact for the usage of the filesystem holding its data root, and the
-operation that prunes only above a threshold.
+"""Docker's disk in the deploy: the usage fact and the prune operation, both through the
+host's disk guard (files/disk_guard.py, the one implementation of the rule).
 
 The seed freed disk by hand after "no space left on device" with `docker system prune -a -f`
 and `docker volume prune -f`. The second deletes data (every volume no container uses at
-that moment, a stopped database's included), so volumes are pruned only when the data asks.
-`docker system prune` itself is split into its parts without `docker network prune`: it
-deletes every network with no running container, watchme-network included whenever the
-services are stopped, after which no service can start (tests/test_disk.py shows it).
+that moment, a stopped database's included), so volumes are pruned only when the data asks;
+networks never (`docker system prune` deletes watchme-network whenever the services are
+stopped), and no registry service's stopped container, nor one stopped < 10 minutes ago.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import shlex
 
 from pyinfra import host, logger
-from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api import FactBase, FunctionCommand, operation
 
-RECLAIMED = re.compile(r"^Total(?: reclaimed space)?:\s*(\S+)")
+from watchme import remote
 
 
 class DockerDiskUsage(FactBase):
-    """{"root", "percent", "size_kib", "used_kib", "avail_kib"} of the filesystem that holds
-    `docker info`'s DockerRootDir, as `df -P` reports it; None when Docker does not answer
-    (a new server before the bootstrap installed it)."""
+    """disk_guard.py --check --json: {"root", "percent", "threshold", ...} of the filesystem
+    holding Docker's data root; None when the guard is not installed yet or Docker does not
+    answer (a new server before the bootstrap installed it)."""
 
-    def requires_command(self, *args, **kwargs) -> str:
-        return "docker"
-
-    def command(self) -> str:
-        return ("root=$(docker info -f '{{.DockerRootDir}}' 2>/dev/null) && [ -n \"$root\" ] && "
-                "df -P \"$root\" | awk -v r=\"$root\" 'NR == 2 {print r, $2, $3, $4, $5}' || true")
+    def command(self, script: str, threshold: int) -> str:
+        s = shlex.quote(script)
+        return (f"if [ -f {s} ] && command -v python3 >/dev/null; then "
+                # exit 1 (at or above the threshold) is an answer, not a failed fact
+                f"python3 {s} --check --json --threshold {int(threshold)} || true; fi")
 
     def process(self, output):
-        for line in output:
-            parts = line.split()
-            if len(parts) == 5 and parts[4].endswith("%"):
-                root, size, used, avail, pct = parts
-                return {"root": root, "size_kib": int(size), "used_kib": int(used),
-                        "avail_kib": int(avail), "percent": int(pct.rstrip("%"))}
-        return None
+        try:
+            usage = json.loads("\n".join(output))
+        except ValueError:
+            return None
+        return usage if usage.get("percent") is not None else None
 
 
-def prune_commands(all_images: bool = False, volumes: bool = False) -> list[str]:
-    """`docker system prune -f [-a]` without the network prune; volumes only when asked."""
-    commands = ["docker container prune -f",
-                "docker image prune -f" + (" -a" if all_images else ""),
-                "docker builder prune -f"]
-    if volumes:
-        commands.append("docker volume prune -f")
-    return commands
+def guard_command(script: str, members: str, threshold: int, all_images: bool = False,
+                  volumes: bool = False) -> str:
+    return (f"python3 {shlex.quote(script)} --json --threshold {int(threshold)} "
+            f"--members {shlex.quote(members)}"
+            + (" --all-images" if all_images else "") + (" --volumes" if volumes else ""))
 
 
-def remote(state, host, command: str) -> tuple[bool, list[str]]:
-    """Run a shell command from a FunctionCommand with the current operation's connector
-    arguments (sudo and so on); returns (success, stdout and stderr lines)."""
-    op_data = state.get_op_data_for_host(host, host.executing_op_hash)
-    kwargs = {k: v for k, v in op_data.global_arguments.items() if k in CONNECTOR_ARGUMENT_KEYS}
-    ok, output = host.run_shell_command(StringCommand(command), **kwargs)
-    return ok, [line.line for line in output]
+def outcome(lines: list[str]) -> tuple[bool, str]:
+    """(ok, line to print) from the guard's --json answer. Still full after pruning is a
+    warning (something else fills the disk); a failed prune or no answer fails the deploy."""
+    try:
+        d = json.loads("\n".join(lines))
+    except ValueError:
+        return False, "disk guard gave no report: " + " ".join(lines)[-300:]
+    freed = ", ".join(f"{k} {v // 1_000_000}MB" for k, v in d["reclaimed"].items()) or "nothing"
+    line = (f"disk: {d['percent']}% of {d['root']} used (threshold {d['threshold']}%): pruned, "
+            f"reclaimed {freed}; now {d['percent_after']}%")
+    if d["removed"]:
+        line += f"; removed {', '.join(d['removed'])}"
+    if d["kept"]:
+        line += "; kept " + ", ".join(f"{n} ({why})" for n, why in d["kept"])
+    error = d.get("error") or ""
+    return not error.startswith(("prune failed", "Docker")) and d["exit_code"] != 3, \
+        line + (f"; {error}" if error else "")
 
 
-def _prune_and_report(state, host, commands: list[str], before: dict, threshold: int) -> bool:
-    freed = []
-    for command in commands:
-        ok, lines = remote(state, host, command)
-        if not ok:
-            logger.error(f"{host.print_prefix}disk: `{command}` failed: {' '.join(lines)[-500:]}")
-            return False
-        kind = command.split()[1]
-        sizes = [m.group(1) for m in map(RECLAIMED.match, lines) if m]
-        freed.append(f"{kind} {sizes[-1] if sizes else '0B'}")
-    logger.warning(f"{host.print_prefix}disk: {before['percent']}% of {before['root']} used "
-                   f"(threshold {threshold}%): pruned, reclaimed {', '.join(freed)}")
-    return True
+def _prune_and_report(state, host, command: str) -> bool:
+    _, out, err = remote.run(state, host, command)
+    ok, line = outcome(out)
+    (logger.warning if ok else logger.error)(f"{host.print_prefix}{line}"
+                                             + ("" if ok else " " + " ".join(err)[-300:]))
+    return ok
 
 
 @operation()
-def docker_prune(threshold: int, all_images: bool = False, volumes: bool = False):
-    """Prune Docker when its filesystem is at least threshold % full; report the space
-    reclaimed. Below the threshold (or without Docker) nothing runs and nothing changes."""
-    usage = host.get_fact(DockerDiskUsage)
+def docker_prune(script: str, members: str, threshold: int, all_images: bool = False,
+                 volumes: bool = False):
+    """Prune Docker (disk_guard.py) when its filesystem is at least threshold % full; report
+    what was reclaimed. Below the threshold (or without Docker) nothing runs."""
+    usage = host.get_fact(DockerDiskUsage, script=script, threshold=threshold)
     if usage is None:
-        host.noop("disk: Docker is not answering yet; nothing to prune")
+        host.noop("disk: the disk guard cannot look yet (new host); the timer's guard will")
         return
     if usage["percent"] < threshold:
         host.noop(f"disk: {usage['percent']}% of {usage['root']} used, below the "
                   f"{threshold}% threshold; nothing to prune")
         return
     yield FunctionCommand(_prune_and_report,
-                          (prune_commands(all_images, volumes), usage, threshold), {})
+                          (guard_command(script, members, threshold, all_images, volumes),), {})

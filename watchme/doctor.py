@@ -1,34 +1,35 @@
 """`watchme doctor`: the runbook's diagnosis ("トラブルシューティング") as one read-only command.
 
-    watchme doctor            one table per host; exit 1 when any row fails
-    watchme doctor --json     the same rows as JSON
+    watchme doctor [--data key=value ...]            one table per host; exit 1 when a row fails
+    watchme doctor --json                            the same rows as JSON
 
-Per service (from the registry): its container running, its port listening, the upstream
-answering on its internal path (http://localhost:PORT + upstream_path + probe path, what
-Nginx requests), the route answering through Nginx (Host: server_name, public_path +
-probe path). Per host: `nginx -t`, disk use of Docker's data root, memory and swap,
-the Docker daemon, watchme-network's subnet and gateway. A failed row names the likely
-cause and the runbook's fix: a 502 with the container down points at the container, a
-404 from the app at an upstream_path that does not match where the app serves.
+Per service (from the registry): its container running (an OOM kill named with the limit
+the container really had), its memory limit as the registry says, its port listening, the
+upstream answering on its internal path (http://localhost:PORT + upstream_path + probe path,
+what Nginx requests), the route answering through Nginx (Host: server_name, public_path +
+probe path). Per host: `nginx -t`, the Docker daemon, disk use of Docker's data root, memory
+and swap, watchme-network's subnet and gateway. A failed row names the likely cause and the
+runbook's fix (ADVICE: check -> finding -> (cause, fix)).
 
-It reads everything with one command per host over the inventory's SSH settings (the
-same WATCHME_* variables as the deploy) and changes nothing: docker inspect, /proc,
-df, curl, `nginx -t`.
+It reaches the hosts exactly as a deploy does (watchme/inspect.py: inventory.py, group_data,
+`--data` overrides, sudo, strict host keys) and reads everything with one fact per host:
+the host scripts the guard installed (network_monitor.py --check, disk_guard.py --check, the
+same implementation the guard and the deploy use), /proc, curl and `nginx -t`. It changes
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import runpy
 import shlex
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from watchme.targets import TargetError, production, testhost
+from pyinfra.api import FactBase
 
-ROOT = Path(__file__).resolve().parent.parent
+from watchme import kv
+from watchme.network_check import size
 
 
 @dataclass
@@ -41,14 +42,109 @@ class Row:
     fix: str = ""
 
 
-def settings() -> dict:
-    """group_data/all.py's values (the registry is WATCHME_REGISTRY's or services.yaml)."""
-    return runpy.run_path(str(ROOT / "group_data" / "all.py"))
+# What a failed check means and what the runbook says to do, per finding. The texts are
+# formatted with the row's context (service fields, settings, measured values).
+ADVICE: dict[str, dict[str, tuple[str, str]]] = {
+    "nginx": {
+        "fail": ("the Nginx configuration does not load",
+                 "sudo nginx -t names the file and line; the deploy's nginx-safe-apply restores "
+                 "the last good site: run the deploy")},
+    "docker": {
+        "down": ("the Docker daemon is down: every container is",
+                 "sudo systemctl start docker; sudo journalctl -u docker -n 50")},
+    "disk": {
+        "full": ("Docker's disk is nearly full: pulls and starts fail with 'no space left on device'",
+                 "sudo python3 {scripts}/disk_guard.py (prunes as the guard does, keeping volumes "
+                 "and the services' containers); sudo docker system df (runbook: ディスク容量不足)"),
+        "unchecked": ("the disk guard cannot look: {error}",
+                      "run the deploy (it installs {scripts}/disk_guard.py); check the docker row")},
+    "memory": {
+        "low": ("memory is nearly exhausted: the OOM killer stops containers (Exited 137)",
+                "docker stats --no-stream; free -h; stop the services with the highest priority "
+                "numbers first (runbook: メモリ不足)")},
+    "swap": {
+        "busy": ("swap is over 80% used: the host is short of memory",
+                 "see the memory row; docker stats --no-stream"),
+        "none": ("no swap: the t4g.small's 1.8 GB is not enough for every service at once",
+                 "run the deploy: the bootstrap makes {swap_file} ({swap_size_mib} MiB)")},
+    "network": {
+        "missing": ("{network_name} does not exist: containers cannot reach each other by name",
+                    "sudo systemctl restart {infra_unit} (it creates the network)"),
+        "drift": ("{network_name} has subnet/gateway {found}, not {want}",
+                  "set network_repair = True for one deploy: it recreates the network and "
+                  "reconnects each container with its IP"),
+        "unchecked": ("the network check cannot look: {error}",
+                      "run the deploy (it installs {scripts}/network_monitor.py); check the docker row")},
+    "container": {
+        "missing": ("no container {container}",
+                    "sudo systemctl start {unit} (compose up from {compose_file}); "
+                    "sudo journalctl -u {unit} -n 50"),
+        "oom": ("{container} was killed (exit {exit_code}, OOM killer: {oom}) with a limit of "
+                "{real_limit}; registry memory_limit {memory_limit}",
+                "free -h; docker stats --no-stream; stop low-priority services or raise "
+                "memory_limit; then sudo systemctl restart {unit}"),
+        "stopped": ("{container} is {state} (exit {exit_code})",
+                    "docker logs {container} --tail 50; sudo systemctl restart {unit}")},
+    "memory limit": {
+        "mismatch": ("{container} runs with a memory limit of {real_limit}, the registry says "
+                     "{memory_limit}: the memory budget does not hold",
+                     "run the deploy (it renders the limit into the unit's compose override), "
+                     "then sudo systemctl restart {unit}")},
+    "port": {
+        "down": ("nothing listens on port {port}: the container is down", "see the container row"),
+        "closed": ("{container} runs but nothing listens on port {port}",
+                   "docker port {container} must show {port}; publish it in {compose_file} "
+                   "(ports: \"127.0.0.1:{port}:{port}\") or fix the registry's port")},
+    "upstream": {
+        "none": ("no answer from {internal}", "see the port and container rows"),
+        "404": ("the app answers on port {port} but not at {upstream_path}: a path mismatch",
+                "find where the app serves (curl -i http://localhost:{port}/...) and set "
+                "upstream_path for {name} in services.yaml to it, then deploy"),
+        "5xx": ("the app fails ({code})", "docker logs {container} --tail 50"),
+        "other": ("answered {code}, expected {want}",
+                  "check the probe for {name} in services.yaml (path, expect)")},
+    "route": {
+        "container": ("{rcode}: Nginx gets no good answer from {upstream_url}",
+                      "the container row: start it (sudo systemctl start {unit}); "
+                      "sudo tail -n 50 /var/log/nginx/error.log"),
+        "port": ("{rcode}: Nginx gets no good answer from {upstream_url}",
+                 "the port row: publish port {port}; sudo tail -n 50 /var/log/nginx/error.log"),
+        "upstream": ("{rcode}: Nginx gets no good answer from {upstream_url}",
+                     "the upstream row: fix the app; sudo tail -n 50 /var/log/nginx/error.log"),
+        "app404": ("404 from the app: Nginx sends {public_path}... to {upstream_url}, where the "
+                   "app has no such path (upstream_path mismatch)",
+                   "set upstream_path for {name} in services.yaml to where the app serves, then deploy"),
+        "nginx404": ("404 from Nginx: no location for {public_path} in the live site",
+                     "run the deploy (it renders and reloads the site); check sudo nginx -t and "
+                     "grep -A5 'location {public_path}' /etc/nginx/sites-enabled/{server_name}"),
+        "none": ("Nginx does not answer on port 80", "sudo systemctl status nginx; sudo nginx -t"),
+        "other": ("answered {rcode}, expected {want}", "sudo tail -n 50 /var/log/nginx/error.log")},
+}
+
+SETTINGS = ("network_name", "network_subnet", "network_gateway", "server_name", "registry",
+            "disk_prune_threshold", "swap_file", "swap_size_mib", "infra_unit", "config_root")
+
+
+def row(scope: str, check: str, name: str, detail: str, finding: str | None, ctx: dict) -> Row:
+    """A row; finding None passes, else its cause and fix come from ADVICE."""
+    if finding is None:
+        return Row(scope, check, True, detail)
+    cause, fix = ADVICE[check if check in ADVICE else name][finding]
+    return Row(scope, check, False, detail, cause.format(**ctx), fix.format(**ctx))
+
+
+def settings(data) -> dict:
+    """The settings doctor needs from a host's data (group_data and --data applied)."""
+    cfg = {k: data.get(k) for k in SETTINGS}
+    cfg["scripts"] = f"{cfg['config_root']}/scripts"
+    cfg["members"] = f"{cfg['config_root']}/monitor/members.json"
+    return cfg
 
 
 def probe_script(cfg: dict) -> str:
     """One read-only shell script printing key=value lines for every row (run with sudo)."""
     q = shlex.quote
+    scripts = cfg["scripts"]
     lines = [
         "ports=$(awk 'NR>1 && $4==\"0A\" {n=split($2,a,\":\"); print a[n]}' /proc/net/tcp "
         "/proc/net/tcp6 2>/dev/null | sort -u | tr '\\n' ' ')",
@@ -56,22 +152,19 @@ def probe_script(cfg: dict) -> str:
         'nt=$(nginx -t 2>&1); echo "nginx_rc=$?"; echo "nginx_out=$(echo "$nt" | tail -n1)"',
         'echo "docker_active=$(systemctl is-active docker 2>/dev/null)"',
         "docker info >/dev/null 2>&1; echo \"docker_info=$?\"",
-        "root=$(docker info -f '{{.DockerRootDir}}' 2>/dev/null); root=${root:-/var/lib/docker}",
-        'echo "data_root=$root"; echo "disk_pct=$(df -P "$root" 2>/dev/null | awk \'NR==2 {print $5+0}\')"',
         "awk '/^(MemTotal|MemAvailable|SwapTotal|SwapFree):/ {print $1 \"=\" $2}' /proc/meminfo "
         "| tr -d ':' ",
         'echo "virt=$(systemd-detect-virt --container 2>/dev/null || echo none)"',
-        f"net=$(docker network inspect {q(cfg['network_name'])} -f "
-        "'{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}' 2>/dev/null); "
-        'echo "net_rc=$?"; echo "net=$net"',
+        # The guard's own checks, read-only: one implementation for guard, deploy and doctor.
+        f"echo \"guard_disk=$(python3 {q(scripts + '/disk_guard.py')} --check --json "
+        f"--threshold {int(cfg['disk_prune_threshold'])} 2>/dev/null | tr -d '\\n')\"",
+        f"echo \"guard_net=$(python3 {q(scripts + '/network_monitor.py')} --check --json "
+        f"--members {q(cfg['members'])} 2>/dev/null | tr -d '\\n')\"",
     ]
     for s in cfg["registry"].enabled_services:
         k = s.name
         internal = f"http://localhost:{s.port}{s.upstream_path}{s.probe.path}"
         lines += [
-            f"st=$(docker inspect -f '{{{{.State.Status}}}} {{{{.State.ExitCode}}}} "
-            f"{{{{.State.OOMKilled}}}}' {q(s.container)} 2>/dev/null) || st=missing; "
-            f'echo "{k}.state=$st"',
             f'case " $ports " in *" {s.port:04X} "*) echo "{k}.listen=yes";; '
             f'*) echo "{k}.listen=no";; esac',
             f'echo "{k}.upstream=$(code {q(internal)})"',
@@ -81,13 +174,21 @@ def probe_script(cfg: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
+class DoctorProbe(FactBase):
+    """The probe script's key=value lines (probe_script), read as one fact with sudo."""
+
+    def command(self, script: str) -> str:
+        return script
+
+    def process(self, output):
+        return kv.parse(output)
+
+
+def _json(text: str | None) -> dict | None:
+    try:
+        return json.loads(text or "")
+    except ValueError:
+        return None
 
 
 def _mib(kib: str) -> int:
@@ -95,164 +196,104 @@ def _mib(kib: str) -> int:
 
 
 def host_rows(v: dict[str, str], cfg: dict) -> list[Row]:
-    rows = []
-    ok = v.get("nginx_rc") == "0"
-    rows.append(Row("host", "nginx config (nginx -t)", ok, v.get("nginx_out", "?"),
-                    "" if ok else "the Nginx configuration does not load",
-                    "" if ok else "sudo nginx -t names the file and line; the deploy's "
-                    "nginx-safe-apply restores the last good site: run the deploy"))
-    ok = v.get("docker_active") == "active" and v.get("docker_info") == "0"
-    rows.append(Row("host", "docker daemon", ok, f"systemd: {v.get('docker_active') or '?'}",
-                    "" if ok else "the Docker daemon is down: every container is",
-                    "" if ok else "sudo systemctl start docker; sudo journalctl -u docker -n 50"))
-    pct, limit = int(v.get("disk_pct") or 0), cfg["disk_prune_threshold"]
-    ok = pct < limit
-    rows.append(Row("host", "docker disk", ok, f"{v.get('data_root')} {pct}% used (limit {limit}%)",
-                    "" if ok else "Docker's disk is nearly full: pulls and starts fail with "
-                    "'no space left on device'",
-                    "" if ok else "sudo docker system df; sudo docker container prune -f; "
-                    "sudo docker image prune -a -f (runbook: ディスク容量不足)"))
+    ctx = dict(cfg)
+    rows = [row("host", "nginx config (nginx -t)", "nginx", v.get("nginx_out", "?"),
+                None if v.get("nginx_rc") == "0" else "fail", ctx)]
+    up = v.get("docker_active") == "active" and v.get("docker_info") == "0"
+    rows.append(row("host", "docker daemon", "docker", f"systemd: {v.get('docker_active') or '?'}",
+                    None if up else "down", ctx))
+
+    disk = _json(v.get("guard_disk")) or {}
+    limit = cfg["disk_prune_threshold"]
+    if disk.get("percent") is None:
+        ctx["error"] = disk.get("error") or "no answer from disk_guard.py"
+        rows.append(row("host", "docker disk", "disk", "not checked", "unchecked", ctx))
+    else:
+        rows.append(row("host", "docker disk", "disk",
+                        f"{disk['root']} {disk['percent']}% used (limit {limit}%)",
+                        None if disk["percent"] < limit else "full", ctx))
+
     total, avail = _mib(v.get("MemTotal", "0")), _mib(v.get("MemAvailable", "0"))
-    ok = total > 0 and avail * 10 >= total
-    rows.append(Row("host", "memory", ok, f"{avail} MiB available of {total} MiB",
-                    "" if ok else "memory is nearly exhausted: the OOM killer stops containers "
-                    "(Exited 137)",
-                    "" if ok else "docker stats --no-stream; free -h; stop the services with the "
-                    "highest priority numbers first (runbook: メモリ不足)"))
+    rows.append(row("host", "memory", "memory", f"{avail} MiB available of {total} MiB",
+                    None if total > 0 and avail * 10 >= total else "low", ctx))
     swap, swap_free = _mib(v.get("SwapTotal", "0")), _mib(v.get("SwapFree", "0"))
-    container = v.get("virt", "none") not in ("", "none")
     if swap:
-        ok, detail = swap_free * 5 >= swap, f"{swap - swap_free} MiB used of {swap} MiB"
-        cause = "" if ok else "swap is over 80% used: the host is short of memory"
-        fix = "" if ok else "see the memory row; docker stats --no-stream"
-    elif container:
-        ok, detail, cause, fix = True, f"none ({v['virt']} container: swap is its host's)", "", ""
+        rows.append(row("host", "swap", "swap", f"{swap - swap_free} MiB used of {swap} MiB",
+                        None if swap_free * 5 >= swap else "busy", ctx))
+    elif v.get("virt", "none") not in ("", "none"):
+        rows.append(row("host", "swap", "swap",
+                        f"none ({v['virt']} container: swap is its host's)", None, ctx))
     else:
-        ok, detail = False, "no swap"
-        cause = "no swap: the t4g.small's 1.8 GB is not enough for every service at once"
-        fix = f"run the deploy: the bootstrap makes {cfg['swap_file']} ({cfg['swap_size_mib']} MiB)"
-    rows.append(Row("host", "swap", ok, detail, cause, fix))
-    want = f"{cfg['network_subnet']} {cfg['network_gateway']}"
-    net = v.get("net", "")
-    ok = v.get("net_rc") == "0" and net == want
-    if v.get("net_rc") != "0":
-        cause = f"{cfg['network_name']} does not exist: containers cannot reach each other by name"
-        fix = f"sudo systemctl restart {cfg['infra_unit']} (it creates the network)"
+        rows.append(row("host", "swap", "swap", "no swap", "none", ctx))
+
+    report = _json(v.get("guard_net")) or {}
+    net = report.get("network")
+    ctx["want"] = f"{cfg['network_subnet']} {cfg['network_gateway']}"
+    check = f"{cfg['network_name']} subnet"
+    if net is None:
+        ctx["error"] = report.get("error") or "no answer from network_monitor.py"
+        rows.append(row("host", check, "network", "not checked", "unchecked", ctx))
+    elif not net["exists"]:
+        rows.append(row("host", check, "network", "missing", "missing", ctx))
     else:
-        cause = f"{cfg['network_name']} has subnet/gateway {net or '?'}, not {want}"
-        fix = "set network_repair = True for one deploy: it recreates the network and " \
-              "reconnects each container with its IP"
-    rows.append(Row("host", f"{cfg['network_name']} subnet", ok, net or "missing",
-                    "" if ok else cause, "" if ok else fix))
+        ctx["found"] = f"{net['found_subnet']} {net['found_gateway']}"
+        rows.append(row("host", check, "network", ctx["found"],
+                        None if net["ok"] else "drift", ctx))
     return rows
 
 
-def service_rows(s, v: dict[str, str], cfg: dict) -> list[Row]:
-    k, unit = s.name, f"{s.name}.service"
-    state, _, rest = v.get(f"{k}.state", "missing").partition(" ")
-    exit_code, _, oom = rest.partition(" ")
-    running = state == "running"
-    if running:
-        cause = fix = ""
-    elif state == "missing":
-        cause = f"no container {s.container}"
-        fix = f"sudo systemctl start {unit} (compose up from {s.compose_file}); " \
-              f"sudo journalctl -u {unit} -n 50"
-    elif oom == "true" or exit_code == "137":
-        cause = f"{s.container} was killed (exit {exit_code}, OOM killer: {oom}); limit {s.memory_limit}"
-        fix = "free -h; docker stats --no-stream; stop low-priority services or raise " \
-              f"memory_limit; then sudo systemctl restart {unit}"
-    else:
-        cause = f"{s.container} is {state} (exit {exit_code or '?'})"
-        fix = f"docker logs {s.container} --tail 50; sudo systemctl restart {unit}"
-    rows = [Row(k, "container running", running, f"{s.container}: {state}", cause, fix)]
+def service_rows(s, v: dict[str, str], cfg: dict, member: dict | None) -> list[Row]:
+    k, unit = s.name, getattr(s, "unit", None) or f"{s.name}.service"
+    member = member or {}
+    state = member.get("state") or "missing"
+    running = state in ("running", "paused")
+    ctx = {**cfg, "name": k, "unit": unit, "container": s.container, "port": s.port,
+           "compose_file": s.compose_file, "memory_limit": s.memory_limit,
+           "real_limit": size(member.get("memory")), "state": state,
+           "exit_code": member.get("exit_code", "?"),
+           "oom": "true" if member.get("oom_killed") else "false",
+           "upstream_path": s.upstream_path, "upstream_url": s.upstream_url,
+           "public_path": s.public_path, "want": str(s.probe.expect),
+           "internal": f"http://localhost:{s.port}{s.upstream_path}{s.probe.path}"}
+    container = (None if running else "missing" if state == "missing"
+                 else "oom" if member.get("oom_killed") else "stopped")
+    rows = [row(k, "container running", "container", f"{s.container}: {state}", container, ctx)]
+    rows.append(row(k, "memory limit", "memory limit",
+                    f"{ctx['real_limit'] if member.get('memory') is not None else 'no container'} "
+                    f"(registry {s.memory_limit})",
+                    "mismatch" if member.get("memory_ok") is False else None, ctx))
 
     listening = v.get(f"{k}.listen") == "yes"
-    if listening:
-        cause = fix = ""
-    elif not running:
-        cause, fix = f"nothing listens on port {s.port}: the container is down", "see the container row"
-    else:
-        cause = f"{s.container} runs but nothing listens on port {s.port}"
-        fix = f"docker port {s.container} must show {s.port}; publish it in {s.compose_file} " \
-              f"(ports: \"127.0.0.1:{s.port}:{s.port}\") or fix the registry's port"
-    rows.append(Row(k, "port listening", listening, f"port {s.port}", cause, fix))
+    rows.append(row(k, "port listening", "port", f"port {s.port}",
+                    None if listening else "closed" if running else "down", ctx))
 
-    internal = f"http://localhost:{s.port}{s.upstream_path}{s.probe.path}"
-    code, want = v.get(f"{k}.upstream", "000"), str(s.probe.expect)
-    up_ok = code == want
-    if up_ok:
-        cause = fix = ""
-    elif code == "000":
-        cause, fix = f"no answer from {internal}", "see the port and container rows"
-    elif code == "404":
-        cause = f"the app answers on port {s.port} but not at {s.upstream_path}: a path mismatch"
-        fix = f"find where the app serves (curl -i http://localhost:{s.port}/...) and set " \
-              f"upstream_path for {k} in services.yaml to it, then deploy"
-    elif code.startswith("5"):
-        cause, fix = f"the app fails ({code})", f"docker logs {s.container} --tail 50"
-    else:
-        cause, fix = f"answered {code}, expected {want}", \
-            f"check the probe for {k} in services.yaml (path, expect)"
-    rows.append(Row(k, "upstream answers", up_ok, f"GET {internal} -> {code}", cause, fix))
+    code = ctx["code"] = v.get(f"{k}.upstream", "000")
+    up_ok = code == ctx["want"]
+    finding = (None if up_ok else "none" if code == "000" else "404" if code == "404"
+               else "5xx" if code.startswith("5") else "other")
+    rows.append(row(k, "upstream answers", "upstream", f"GET {ctx['internal']} -> {code}", finding, ctx))
 
-    route = f"{s.probe_url_path}"
-    rcode = v.get(f"{k}.route", "000")
-    ok = rcode == want
-    if ok:
-        cause = fix = ""
+    rcode = ctx["rcode"] = v.get(f"{k}.route", "000")
+    if rcode == ctx["want"]:
+        finding = None
     elif rcode in ("502", "504") or (rcode.startswith("5") and not up_ok):
-        first = "container row" if not running else "port row" if not listening else "upstream row"
-        cause = f"{rcode}: Nginx gets no good answer from {s.upstream_url}"
-        fix = f"the {first}: " + {"container row": f"start it (sudo systemctl start {unit})",
-                                  "port row": f"publish port {s.port}",
-                                  "upstream row": "fix the app"}[first] + \
-            "; sudo tail -n 50 /var/log/nginx/error.log"
-    elif rcode == "404" and code == "404":
-        cause = f"404 from the app: Nginx sends {s.public_path}... to {s.upstream_url}, " \
-                "where the app has no such path (upstream_path mismatch)"
-        fix = f"set upstream_path for {k} in services.yaml to where the app serves, then deploy"
+        finding = "container" if not running else "port" if not listening else "upstream"
     elif rcode == "404":
-        cause = f"404 from Nginx: no location for {s.public_path} in the live site"
-        fix = "run the deploy (it renders and reloads the site); check sudo nginx -t and " \
-              f"grep -A5 'location {s.public_path}' /etc/nginx/sites-enabled/{cfg['server_name']}"
-    elif rcode == "000":
-        cause, fix = "Nginx does not answer on port 80", "sudo systemctl status nginx; sudo nginx -t"
+        finding = "app404" if code == "404" else "nginx404"
     else:
-        cause, fix = f"answered {rcode}, expected {want}", "sudo tail -n 50 /var/log/nginx/error.log"
-    rows.append(Row(k, "route via nginx", ok, f"GET {route} (Host: {cfg['server_name']}) -> {rcode}",
-                    cause, fix))
+        finding = "none" if rcode == "000" else "other"
+    rows.append(row(k, "route via nginx", "route",
+                    f"GET {s.probe_url_path} (Host: {cfg['server_name']}) -> {rcode}", finding, ctx))
     return rows
 
 
 def diagnose(values: dict[str, str], cfg: dict) -> list[Row]:
     rows = host_rows(values, cfg)
+    report = _json(values.get("guard_net")) or {}
+    members = {m["container"]: m for m in report.get("members") or []}
     for s in cfg["registry"].enabled_services:
-        rows += service_rows(s, values, cfg)
+        rows += service_rows(s, values, cfg, members.get(s.container))
     return rows
-
-
-def run_remote(data: dict, script: str, timeout: float = 60) -> str:
-    """The script's output, run with sudo over SSH with the inventory's settings."""
-    import paramiko
-
-    client = paramiko.SSHClient()
-    known = data.get("ssh_known_hosts_file") or str(Path("~/.ssh/known_hosts").expanduser())
-    if Path(known).is_file():
-        client.load_host_keys(known)
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    try:
-        client.connect(data["ssh_hostname"], port=data.get("ssh_port", 22),
-                       username=data.get("ssh_user"), key_filename=data.get("ssh_key"),
-                       timeout=15, allow_agent=not data.get("ssh_key"))
-        _, stdout, stderr = client.exec_command(f"sudo -n sh -c {shlex.quote(script)}",
-                                                timeout=timeout)
-        out = stdout.read().decode(errors="replace")
-        if stdout.channel.recv_exit_status() != 0 and not out:
-            raise RuntimeError(stderr.read().decode(errors="replace").strip() or "probe failed")
-        return out
-    finally:
-        client.close()
 
 
 def render(name: str, rows: list[Row]) -> str:
@@ -268,29 +309,40 @@ def render(name: str, rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unreachable(why: str) -> list[Row]:
+    return [Row("host", "ssh", False, why, "cannot reach the host or run sudo there",
+                "check WATCHME_HOSTS, WATCHME_SSH_KEY, WATCHME_KNOWN_HOSTS; the deploy "
+                "user needs passwordless sudo")]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="watchme doctor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="rows as JSON")
+    p.add_argument("--data", action="append", metavar="KEY=VALUE",
+                   help="override group data, as `pyinfra --data` does")
     args = p.parse_args(argv)
+    from watchme import inspect
+
     try:
-        hosts = production() or testhost()
-    except TargetError as e:
+        data = inspect.parse_data(args.data)
+        state, failed = inspect.connect(data)
+    except (ValueError, SystemExit) as e:  # bad --data, a bad registry or WATCHME_* variable
         print(f"watchme doctor: {e}", file=sys.stderr)
         return 2
-    cfg = settings()
-    script = probe_script(cfg)
-    report, ok = {}, True
-    for name, data in hosts:
-        try:
-            rows = diagnose(parse(run_remote(data, script)), cfg)
-        except Exception as e:  # noqa: BLE001 - one unreachable host must not hide the others
-            rows = [Row("host", "ssh", False, f"{type(e).__name__}: {e}",
-                        "cannot reach the host or run sudo there",
-                        "check WATCHME_HOSTS, WATCHME_SSH_KEY, WATCHME_KNOWN_HOSTS; the deploy "
-                        "user needs passwordless sudo")]
-        ok = ok and all(r.ok for r in rows)
-        report[name] = rows
+    except Exception as e:  # noqa: BLE001 - pyinfra gives up when no host can be reached
+        print(f"watchme doctor: no host reachable: {e}; fix: check WATCHME_HOSTS, "
+              "WATCHME_SSH_KEY, WATCHME_KNOWN_HOSTS", file=sys.stderr)
+        return 1
+    report = {name: unreachable(why) for name, why in failed.items()}
+    answers = inspect.facts(DoctorProbe, state=state,
+                            per_host=lambda h: {"script": probe_script(settings(h.data))})
+    for name, (host, values) in answers.items():
+        if isinstance(values, Exception) or values is None:
+            report[name] = unreachable(f"{type(values).__name__}: {values}")
+        else:
+            report[name] = diagnose(values, settings(host.data))
+    ok = all(r.ok for rows in report.values() for r in rows)
     if args.json:
         print(json.dumps({n: [asdict(r) for r in rows] for n, rows in report.items()}, indent=2))
     else:

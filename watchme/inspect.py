@@ -35,19 +35,29 @@ def parse_data(pairs: list[str] | None) -> dict[str, Any]:
 def connect(data: dict[str, Any] | None = None):
     """A pyinfra State for inventory.py with group_data and overrides, connected.
 
+    Set up the way pyinfra's own CLI does it (pyinfra_cli/cli.py): the state and config in
+    context before the inventory file runs (it needs them), then init, then connect.
     Returns (state, failed): failed maps host name -> why it could not be reached.
     """
     from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all
+    from pyinfra.api.state import StateStage
+    from pyinfra.context import ctx_config, ctx_inventory, ctx_state
     from pyinfra_cli.inventory import make_inventory
 
+    state = State(check_for_changes=False)
+    state.cwd = str(ROOT)
+    config = Config(FAIL_PERCENT=100)
+    ctx_state.set(state)
+    ctx_config.set(config)
     cwd = os.getcwd()
     os.chdir(ROOT)  # group_data/ and inventory.py resolve relative to the project
     try:
         inventory = make_inventory(str(ROOT / "inventory.py"), override_data=data or {},
                                    cwd=str(ROOT))
-        state = State(inventory, Config(FAIL_PERCENT=100))
-        state.cwd = str(ROOT)
+        ctx_inventory.set(inventory)
+        state.init(inventory, config)
+        state.set_stage(StateStage.Connect)
         connect_all(state)
     finally:
         os.chdir(cwd)

@@ -1,10 +1,12 @@
-"""watchme-network: the fact that reads its real IPAM config, the operation that keeps it
-right, and the audit of the services' compose files.
+"""watchme-network: the fact and the operation that keep it right (both through the host
+script files/network_repair.py, the one implementation), and the audit of the services'
+compose files.
 
 pyinfra's docker.network only checks that a network of that name exists, so a wrong subnet
 passes silently; Ansible's docker_network recreates it but reconnects containers without
 their fixed IPs. This one refuses to touch a drifted network unless asked, and a repair
-puts every container back with the same IP and aliases.
+(journalled on the host before the first disconnect) puts every container back with the
+same IP and aliases.
 
 Ownership: the network is a plain Docker network (no compose labels), created with the same
 arguments by this operation and by watchme-infrastructure.service, whichever runs first.
@@ -16,7 +18,6 @@ label, so one created by `docker network create` could never also be declared in
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import re
 import shlex
@@ -27,72 +28,55 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.exceptions import OperationError
 
 
+def script_path() -> str:
+    """Where the guard task installs network_repair.py (tasks/guard.py install_scripts)."""
+    return f"{host.data.config_root}/scripts/network_repair.py"
+
+
 class DockerNetwork(FactBase):
-    """One command: the network's driver and IPAM config, and every container attached
-    to it (running or stopped) with its IP and aliases. None when the network is missing.
+    """network_repair.py's read-only report (see files/network_repair.py): {"exists",
+    "network" {"name", "driver", "subnet", "gateway", "labels"}, "containers" [{"name",
+    "ip", "aliases", "running"}], "drift" [[field, wanted, found]], "journal"}, or
+    {"exists": False, "error"} when Docker does not answer. None when the script is not
+    installed yet (a new host): the operation then runs --ensure, which decides on the host.
     """
 
-    def requires_command(self, *args, **kwargs) -> str:
-        return "docker"
-
-    def command(self, network: str) -> str:
-        n = shlex.quote(network)
-        # inspect prints [] and fails for a missing network: print [] once, either way.
-        return (f"out=$(docker network inspect {n} 2>/dev/null) || out='[]'; "
-                "echo \"$out\"; echo '@@containers'; "
-                f"ids=$(docker ps -aq --no-trunc --filter network={n}); "
-                'if [ -n "$ids" ]; then docker inspect $ids; else echo "[]"; fi')
+    def command(self, script: str, network: str, driver: str, subnet: str, gateway: str) -> str:
+        s = shlex.quote(script)
+        return (f"if [ -f {s} ] && command -v python3 >/dev/null; then python3 {s} --check --json "
+                # exit 3 (Docker not answering) is an answer too: its JSON says so
+                f"{_args(network, driver, subnet, gateway)} || true; fi")
 
     def process(self, output):
-        text = "\n".join(output)
-        net_json, _, containers_json = text.partition("@@containers")
-        nets = json.loads(net_json or "[]")
-        if not nets:
+        text = "\n".join(output).strip()
+        if not text:
             return None
-        net = nets[0]
-        configs = (net.get("IPAM") or {}).get("Config") or []
-        first = configs[0] if configs else {}
-        containers = []
-        for c in json.loads(containers_json or "[]"):
-            ep = ((c.get("NetworkSettings") or {}).get("Networks") or {}).get(net["Name"]) or {}
-            static = (ep.get("IPAMConfig") or {}).get("IPv4Address") or ""
-            short = c["Id"][:12]
-            containers.append({
-                "name": c["Name"].lstrip("/"),
-                "ip": static or ep.get("IPAddress") or "",
-                # Docker adds the short ID itself on every connect; passing it back is noise.
-                "aliases": [a for a in ep.get("Aliases") or [] if a != short],
-                "running": bool((c.get("State") or {}).get("Running")),
-            })
-        subnet = first.get("Subnet", "")
-        return {
-            "name": net["Name"],
-            "driver": net.get("Driver", ""),
-            "subnet": subnet,
-            # Created without --gateway, Docker records none and uses the first address.
-            "gateway": first.get("Gateway") or default_gateway(subnet),
-            "labels": net.get("Labels") or {},
-            "containers": sorted(containers, key=lambda c: c["name"]),
-        }
+        data = json.loads(text)
+        if "error" in data:  # Docker not answering (not installed yet): nothing to compare
+            return {"exists": False, "network": None, "containers": [], "drift": [],
+                    "journal": None, "error": data["error"]}
+        return data
 
 
-def default_gateway(subnet: str) -> str:
-    """The gateway Docker uses when none is given: the subnet's first host address."""
-    try:
-        return str(next(ipaddress.ip_network(subnet, strict=False).hosts()))
-    except (ValueError, StopIteration):
-        return ""
+def _args(network: str, driver: str, subnet: str, gateway: str) -> str:
+    return " ".join(f"--{k} {shlex.quote(v)}" for k, v in
+                    (("name", network), ("driver", driver), ("subnet", subnet), ("gateway", gateway)))
 
 
-def drift(found: dict, driver: str, subnet: str, gateway: str) -> list[tuple[str, str, str]]:
-    """(field, wanted, found) for every setting that differs."""
-    wanted = {"driver": driver, "subnet": subnet, "gateway": gateway}
-    return [(k, v, found[k] or "(none)") for k, v in wanted.items() if found[k] != v]
+def ensure_command(script: str, network: str, driver: str, subnet: str, gateway: str,
+                   repair: bool = False, fixed_ips: dict[str, str] | None = None) -> str:
+    """network_repair.py --ensure: finish a journalled repair, create when missing, refuse
+    (or with repair, repair) a drifted network; the one implementation, on the host."""
+    fixed = "".join(f" --fixed-ip {shlex.quote(f'{c}={ip}')}" for c, ip in sorted((fixed_ips or {}).items()))
+    return (f"python3 {shlex.quote(script)} --ensure {_args(network, driver, subnet, gateway)}"
+            f"{' --repair' if repair else ''}{fixed}")
 
 
-def drift_report(found: dict, diffs: list[tuple[str, str, str]]) -> str:
-    lines = [f"{found['name']} differs from the wanted configuration:"]
-    lines += [f"  {k:<8} wanted {w:<16} found {f}" for k, w, f in diffs]
+def drift_report(found: dict) -> str:
+    """The drift as the deploy shows it, with the attached containers and the fix."""
+    net = found["network"]
+    lines = [f"{net['name']} differs from the wanted configuration:"]
+    lines += [f"  {k:<8} wanted {w:<16} found {f}" for k, w, f in found["drift"]]
     cs = found["containers"]
     lines.append(f"  attached containers ({len(cs)}):" if cs else "  attached containers: none")
     for c in cs:
@@ -105,56 +89,36 @@ def drift_report(found: dict, diffs: list[tuple[str, str, str]]) -> str:
 
 
 def create_command(name: str, driver: str, subnet: str, gateway: str) -> str:
-    return (f"docker network create --driver {shlex.quote(driver)} --subnet {shlex.quote(subnet)} "
-            f"--gateway {shlex.quote(gateway)} {shlex.quote(name)}")
+    """watchme-infrastructure.service's ExecStart: the same --ensure as the deploy (creates
+    the network, finishes an interrupted repair, fails on drift so no service starts on it)."""
+    return "/usr/bin/" + ensure_command(script_path(), name, driver, subnet, gateway)
 
 
 def unit_check_pattern(driver: str, subnet: str, gateway: str) -> str:
-    """The sh `case` pattern of what watchme-infrastructure.service accepts as
-    `docker network inspect -f '{{.Driver}} {{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}'`
-    (trailing space stripped): no gateway listed is fine when Docker's default is the wanted one."""
-    ok = [f"{driver} {subnet} {gateway}"] + [f"{driver} {subnet}"] * (default_gateway(subnet) == gateway)
-    return "|".join(f'"{o}"' for o in ok)
-
-
-def repair_ip(container: dict, subnet: str, fixed_ips: dict[str, str]) -> str:
-    """The IP a container gets back: the registry's, else its own if it fits the new subnet,
-    else '' (Docker picks one)."""
-    net = ipaddress.ip_network(subnet)
-    for ip in (fixed_ips.get(container["name"], ""), container["ip"].split("/")[0]):
-        if ip and ipaddress.ip_address(ip) in net:
-            return ip
+    """Unused: the unit's check is create_command's --ensure now (tasks/units.py still passes
+    it as `accepted`; drop both there)."""
     return ""
 
 
 @operation()
 def docker_network(network: str, driver: str, subnet: str, gateway: str, repair: bool = False,
-                   fixed_ips: dict[str, str] | None = None):
-    """A Docker network with exactly this driver, subnet and gateway.
+                   fixed_ips: dict[str, str] | None = None, script: str | None = None):
+    """A Docker network with exactly this driver, subnet and gateway (network_repair.py).
 
-    Missing: created. Different: an error with the diff, unless repair, which disconnects
-    every attached container, recreates the network and reconnects each with its IP
-    (fixed_ips, from the registry, wins) and aliases.
+    As wanted and no interrupted repair: no change. Missing, an unfinished repair journal,
+    or the script not installed yet (its fact cannot look): --ensure on the host. Drifted:
+    an error with the diff, unless repair (journal first, then every attached container
+    back with its IP, fixed_ips from the registry winning, and aliases).
     """
-    found = host.get_fact(DockerNetwork, network=network)
-    if found is None:
-        yield create_command(network, driver, subnet, gateway)
-        return
-    diffs = drift(found, driver, subnet, gateway)
-    if not diffs:
+    script = script or script_path()
+    found = host.get_fact(DockerNetwork, script=script, network=network, driver=driver,
+                          subnet=subnet, gateway=gateway)
+    if found and found["exists"] and not found["drift"] and not found["journal"]:
         host.noop(f"network {network}: {driver} {subnet} gateway {gateway}")
         return
-    if not repair:
-        raise OperationError(drift_report(found, diffs))
-    for c in found["containers"]:
-        yield f"docker network disconnect {shlex.quote(network)} {shlex.quote(c['name'])}"
-    yield f"docker network rm {shlex.quote(network)}"
-    yield create_command(network, driver, subnet, gateway)
-    for c in found["containers"]:
-        ip = repair_ip(c, subnet, fixed_ips or {})
-        args = [f"--ip {ip}"] if ip else []
-        args += [f"--alias {shlex.quote(a)}" for a in c["aliases"]]
-        yield " ".join(["docker network connect", *args, shlex.quote(network), shlex.quote(c["name"])])
+    if found and found["drift"] and not repair and not found["journal"]:
+        raise OperationError(drift_report(found))
+    yield ensure_command(script, network, driver, subnet, gateway, repair, fixed_ips)
 
 
 class ComposeFiles(FactBase):

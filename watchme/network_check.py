@@ -1,4 +1,4 @@
-"""The deploy's own run of the network monitor (files/network_monitor.py) at its end.
+"""The deploy's own run of the host's network check (files/network_monitor.py) at its end.
 
 A fact runs the monitor without --fix when the deploy collects facts, before any change.
 The operation runs it again with --fix, at the end, only when it can matter: when that
@@ -21,7 +21,7 @@ import shlex
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, operation
 
-from watchme.disk import remote
+from watchme import remote
 
 FIXABLE = ("detached", "wrong_ip")
 DOWN = ("missing", "stopped")
@@ -41,7 +41,7 @@ class NetworkReport(FactBase):
 def monitor_command(script: str, members: str, fix: bool) -> str:
     s, m = shlex.quote(script), shlex.quote(members)
     return (f"if [ -f {s} ] && command -v python3 >/dev/null; then "
-            f"python3 {s} --json --members {m}{' --fix' if fix else ''} 2>&1; "
+            f"python3 {s} --json --members {m} {'--fix' if fix else '--check'} 2>&1; "
             'echo "@@exit=$?"; fi')
 
 
@@ -75,6 +75,13 @@ def verdict(result: dict | None) -> tuple[list[str], list[str]]:
             warnings.append(f"{m['container']} ({m['expected_ip']}) is {m['status']}"
                             + (f" ({m['state']})" if m["state"] else "")
                             + "; its unit starts it")
+        if m.get("oom_killed"):
+            warnings.append(f"{m['container']} was killed (exit {m['exit_code']}: the OOM "
+                            "killer, or a SIGKILL) with a memory limit of "
+                            f"{size(m['memory'])}")
+        if m.get("memory_ok") is False:
+            warnings.append(f"{m['container']} runs with a memory limit of "
+                            f"{size(m['memory'])}, the registry says {size(m['memory_limit'])}")
     net = report["network"]
     if not net["ok"]:
         what = (f"network {net['name']} is missing" if not net["exists"] else
@@ -82,6 +89,16 @@ def verdict(result: dict | None) -> tuple[list[str], list[str]]:
                 f"{net['found_gateway']}, wanted {net['subnet']} gw {net['gateway']}")
         (errors if running and net["exists"] else warnings).append(what)
     return errors, warnings
+
+
+def size(n: int | None) -> str:
+    """Bytes as Docker's flags spell them (as files/network_monitor.py prints them)."""
+    if not n:
+        return "unlimited" if n == 0 else "?"
+    for unit, factor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n}b"
 
 
 def _where(m: dict) -> str:
@@ -140,8 +157,8 @@ def _log(host, result: dict | None) -> bool:
 
 
 def _run_and_report(state, host, script: str, members: str, fix: bool) -> bool:
-    _, lines = remote(state, host, monitor_command(script, members, fix))
-    return _log(host, parse(lines))
+    _, out, err = remote.run(state, host, monitor_command(script, members, fix))
+    return _log(host, parse(out))
 
 
 @operation()

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""watchme-network itself: read it, create it, and repair a drifted one without losing a
+container (standard library only; installed in {config_root}/scripts).
+
+    network_repair.py --name N [--driver D --subnet S --gateway G] [--json]
+        read-only (--check is implied): the network's driver/subnet/gateway, every container
+        attached to it (running or stopped) with its IP and aliases, the drift from the
+        wanted values and an unfinished repair journal. The deploy's DockerNetwork fact.
+    network_repair.py --ensure --name N --driver D --subnet S --gateway G
+                      [--repair] [--fixed-ip CONTAINER=IP ...] [--json]
+        first finishes an interrupted repair (the journal), then creates the network when it
+        is missing; a drifted network is an error unless --repair. The deploy's network
+        operation and watchme-infrastructure.service both run this.
+
+A repair writes its journal (/var/lib/watchme/network-repair.json: the wanted network and
+every attached container with the IP it gets back and its aliases) BEFORE it disconnects
+anything, and removes it only when every container is back. A run killed in the middle
+leaves the journal; the next --ensure (deploy or unit) or `network_monitor.py --fix` (guard)
+finishes it first, so no container stays off the network.
+
+Exit codes: 0 as wanted (created, repaired or already right); 1 drifted without --repair, or
+a container could not be put back (the journal stays for the next run); 3 Docker is not
+answering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from docker_api import (Docker, DockerError, Unavailable, aliases, endpoint,  # noqa: E402
+                        read_json, utc_now, write_json)
+
+JOURNAL = os.environ.get("WATCHME_REPAIR_JOURNAL", "/var/lib/watchme/network-repair.json")
+
+
+def default_gateway(subnet: str) -> str:
+    """The gateway Docker uses when none is given: the subnet's first host address."""
+    try:
+        return str(next(ipaddress.ip_network(subnet, strict=False).hosts()))
+    except (ValueError, StopIteration):
+        return ""
+
+
+def describe(network: dict | None) -> dict | None:
+    """{"name", "driver", "subnet", "gateway", "labels"} of an API network, None if missing."""
+    if network is None:
+        return None
+    first = (((network.get("IPAM") or {}).get("Config")) or [{}])[0]
+    subnet = first.get("Subnet", "")
+    return {"name": network.get("Name", ""), "driver": network.get("Driver", ""),
+            "subnet": subnet,
+            # Created without --gateway, Docker records none and uses the first address.
+            "gateway": first.get("Gateway") or default_gateway(subnet),
+            "labels": network.get("Labels") or {}}
+
+
+def drift(found: dict | None, want: dict) -> list[list[str]]:
+    """[field, wanted, found] for every setting that differs (none for a missing network)."""
+    if found is None:
+        return []
+    return [[k, want[k], found[k] or "(none)"] for k in ("driver", "subnet", "gateway")
+            if want.get(k) and found[k] != want[k]]
+
+
+def attached(docker: Docker, name: str) -> list[dict]:
+    """Every container attached to the network, running or stopped, with IP and aliases."""
+    out = []
+    for c in docker.containers({"network": [name]}):
+        full = docker.inspect(c["Id"]) or c
+        ep = endpoint(full, name) or {}
+        static = (ep.get("IPAMConfig") or {}).get("IPv4Address") or ""
+        out.append({"name": ((full.get("Name") or "") or (c.get("Names") or [""])[0]).lstrip("/"),
+                    "ip": static or ep.get("IPAddress") or "",
+                    "aliases": aliases(full, ep),
+                    "running": bool((full.get("State") or {}).get("Running")
+                                    if isinstance(full.get("State"), dict)
+                                    else c.get("State") == "running")})
+    return sorted(out, key=lambda c: c["name"])
+
+
+def inspect(docker: Docker, want: dict) -> dict:
+    found = describe(docker.network(want["name"]))
+    return {"exists": found is not None, "network": found,
+            "containers": attached(docker, want["name"]) if found else [],
+            "drift": drift(found, want), "journal": read_json(JOURNAL)}
+
+
+def repair_ip(container: dict, subnet: str, fixed_ips: dict[str, str]) -> str:
+    """The IP a container gets back: the registry's, else its own if it fits the new subnet,
+    else '' (Docker picks one)."""
+    net = ipaddress.ip_network(subnet)
+    for ip in (fixed_ips.get(container["name"], ""), container["ip"].split("/")[0]):
+        if ip and ipaddress.ip_address(ip) in net:
+            return ip
+    return ""
+
+
+def plan(want: dict, containers: list[dict], fixed_ips: dict[str, str]) -> dict:
+    """The journal: what the repair makes, written before the first disconnect."""
+    return {"network": want, "started": utc_now(),
+            "containers": [{"name": c["name"], "ip": repair_ip(c, want["subnet"], fixed_ips),
+                            "aliases": c["aliases"]} for c in containers]}
+
+
+def create_body(want: dict) -> dict:
+    return {"Name": want["name"], "Driver": want["driver"], "CheckDuplicate": True,
+            "IPAM": {"Config": [{"Subnet": want["subnet"], "Gateway": want["gateway"]}]}}
+
+
+def finish(docker: Docker, journal: dict, log) -> list[str]:
+    """Carry out (or finish) a journalled repair; every step is safe to repeat. Returns the
+    errors; the journal is removed only when there are none."""
+    want, name = journal["network"], journal["network"]["name"]
+    errors = []
+    found = describe(docker.network(name))
+    if found is not None and drift(found, want):
+        for c in journal["containers"]:
+            try:
+                docker.post(f"/networks/{name}/disconnect", {"Container": c["name"], "Force": True})
+                log(f"disconnected {c['name']} from the old {name}")
+            except DockerError:
+                pass  # not attached any more (an earlier run got this far) or gone
+        docker.delete(f"/networks/{name}")
+        log(f"removed the old {name} ({found['subnet']} gw {found['gateway']})")
+        found = None
+    if found is None:
+        docker.post("/networks/create", create_body(want))
+        log(f"created {name} ({want['driver']} {want['subnet']} gw {want['gateway']})")
+    for c in journal["containers"]:
+        full = docker.inspect(c["name"])
+        if full is None:
+            log(f"{c['name']} no longer exists: nothing to reconnect")
+            continue
+        ep = endpoint(full, name)
+        if ep is not None:
+            continue  # reconnected by an earlier run
+        config = {"Aliases": c["aliases"]} if c["aliases"] else {}
+        if c["ip"]:
+            config["IPAMConfig"] = {"IPv4Address": c["ip"]}
+        try:
+            docker.post(f"/networks/{name}/connect", {"Container": c["name"], "EndpointConfig": config})
+            log(f"reconnected {c['name']} at {c['ip'] or 'a dynamic address'}"
+                + (f" with aliases {','.join(c['aliases'])}" if c["aliases"] else ""))
+        except DockerError as e:
+            errors.append(f"{c['name']}: {e}")
+    if not errors:
+        try:
+            os.unlink(JOURNAL)
+        except FileNotFoundError:
+            pass
+    return errors
+
+
+def ensure(docker: Docker, want: dict, repair: bool, fixed_ips: dict[str, str], log) -> int:
+    journal = read_json(JOURNAL)
+    if journal:
+        log(f"finishing the interrupted repair of {journal['network']['name']} "
+            f"(journal {JOURNAL}, started {journal.get('started')})")
+        errors = finish(docker, journal, log)
+        if errors:
+            log("repair incomplete: " + "; ".join(errors))
+            return 1
+    state = inspect(docker, want)
+    if not state["exists"]:
+        docker.post("/networks/create", create_body(want))
+        log(f"created {want['name']} ({want['driver']} {want['subnet']} gw {want['gateway']})")
+        return 0
+    if not state["drift"]:
+        return 0
+    if not repair:
+        log(report(state, want))
+        return 1
+    journal = plan(want, state["containers"], fixed_ips)
+    write_json(JOURNAL, journal)  # before anything is disconnected
+    errors = finish(docker, journal, log)
+    if errors:
+        log("repair incomplete: " + "; ".join(errors))
+    return 1 if errors else 0
+
+
+def report(state: dict, want: dict) -> str:
+    lines = [f"{want['name']} differs from the wanted configuration:"]
+    lines += [f"  {k:<8} wanted {w:<16} found {f}" for k, w, f in state["drift"]]
+    cs = state["containers"]
+    lines.append(f"  attached containers ({len(cs)}):" if cs else "  attached containers: none")
+    for c in cs:
+        extra = f" aliases {','.join(c['aliases'])}" if c["aliases"] else ""
+        lines.append(f"    {c['name']:<28} {c['ip'] or '(dynamic)'}{extra}"
+                     f"{'' if c['running'] else ' (stopped)'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--driver", default="")
+    p.add_argument("--subnet", default="")
+    p.add_argument("--gateway", default="")
+    p.add_argument("--check", action="store_true", help="read only (the default)")
+    p.add_argument("--ensure", action="store_true", help="create it / finish a repair")
+    p.add_argument("--repair", action="store_true", help="recreate a drifted network")
+    p.add_argument("--fixed-ip", action="append", default=[], metavar="CONTAINER=IP")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    want = {"name": args.name, "driver": args.driver, "subnet": args.subnet, "gateway": args.gateway}
+    docker = Docker()
+    try:
+        if args.ensure and not args.check:
+            if not all(want.values()):
+                p.error("--ensure needs --driver, --subnet and --gateway")
+            fixed = dict(f.split("=", 1) for f in args.fixed_ip)
+            lines: list[str] = []
+            code = ensure(docker, want, args.repair, fixed, lambda m: (lines.append(m), print(
+                m, file=sys.stderr if args.json else sys.stdout, flush=True)))
+            if args.json:
+                print(json.dumps({"exit_code": code, "log": lines, **inspect(docker, want)}, indent=2))
+            return code
+        state = inspect(docker, want)
+    except (Unavailable, DockerError) as e:
+        print(json.dumps({"exit_code": 3, "error": str(e)}) if args.json else
+              f"could not check: {e} (exit 3)")
+        return 3
+    print(json.dumps(state, indent=2) if args.json else
+          report(state, want) if state["drift"] else
+          f"{args.name}: " + ("missing" if not state["exists"] else "as wanted"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
