@@ -4,7 +4,7 @@
 """
 
 from watchme import prefetch
-from tasks import bootstrap, connection, lock, disk, memory, monitor, network, nginx, units
+from tasks import bootstrap, connection, lock, disk, memory, monitor, network, nginx, tls, units
 
 connection.tune()
 bootstrap.preflight()  # distro and sudo, before anything uses sudo
@@ -13,6 +13,7 @@ prefetch.install()  # after the lock: one round trip for the facts the last run 
 memory.check()  # before any change: refuse a registry the host cannot hold
 bootstrap.apply()
 units.apply(network.apply())  # the network (and compose audit) before the units
+tls.apply()  # the certificate (or a clear stop) before the site that uses it
 nginx.apply()
 monitor.apply()
 disk.apply()
