@@ -94,10 +94,12 @@ def deploy(testhost_env):
 
 @pytest.fixture(scope="module")
 def first_run(deploy, host, testhost):
-    # The seed's server: a hand-edited site file, linked the Debian way.
+    # The seed's server: Nginx serving a hand-edited site file, linked the Debian way.
+    host.check_output("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx curl")
     host.check_output(f"mkdir -p /etc/nginx/sites-available /etc/nginx/sites-enabled && "
                       f"printf %s {shlex.quote(HAND_SITE)} > {AVAILABLE} && "
                       f"ln -s ../sites-available/{VHOST} {ENABLED}")
+    host.check_output("systemctl reload-or-restart nginx")
     before = snapshot(host)
     refused = deploy()
     assert refused.rc != 0

@@ -22,6 +22,10 @@ _HEADER = re.compile(r"^# configuration file (.+):$")
 class LiveNginxConfig(FactBase):
     """`nginx -T` as {file path: text}; {} when Nginx is missing or its config is broken."""
 
+    @staticmethod
+    def default():
+        return {}
+
     def command(self) -> str:
         return "if command -v nginx >/dev/null; then nginx -T 2>/dev/null || true; fi"
 
@@ -68,7 +72,7 @@ def _ours(location: dict) -> bool:
 def locations(files: dict[str, str], server_name: str) -> set[str]:
     """`location` keys ("= /x", "/api/") of every server block answering server_name."""
     out = set()
-    for text in files.values():
+    for text in (files or {}).values():
         for server in _servers(_parse(text)):
             names = {a for d in server if d["directive"] == "server_name" for a in d["args"]}
             if server_name not in names:
