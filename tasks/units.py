@@ -55,17 +55,22 @@ def apply(migrated: dict[str, OperationMeta] | None = None) -> None:
     never_loaded = sorted(u for u in wanted if loaded.get(u, {}).get("need_reload"))
     compose = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
 
+    # The operator's git clone is never written: while config_root is still the clone (the old
+    # default), a removed unit is only unlinked and the directory keeps its owner.
+    clone = d.get("operator_clone", "/home/ubuntu/watchme-server-configs").rstrip("/")
+    in_clone = unit_dir == clone or unit_dir.startswith(clone + "/")
     changes = []
     for unit in stale:
         changes.append(systemd.service(name=f"Stop and disable removed service {unit}",
                                        service=unit, running=False, enabled=False))
         changes.append(files.link(name=f"Unlink removed unit {SYSTEM_DIR}/{unit}",
                                   path=f"{SYSTEM_DIR}/{unit}", present=False))
-        changes.append(files.file(name=f"Remove unit file {unit_dir}/{unit}",
-                                  path=f"{unit_dir}/{unit}", present=False))
+        if not in_clone:
+            changes.append(files.file(name=f"Remove unit file {unit_dir}/{unit}",
+                                      path=f"{unit_dir}/{unit}", present=False))
 
-    files.directory(name=f"Unit directory {unit_dir}", path=unit_dir, user="root",
-                    group="root", mode="755")
+    owner = {} if in_clone else {"user": "root", "group": "root", "mode": "755"}
+    files.directory(name=f"Unit directory {unit_dir}", path=unit_dir, **owner)
     rendered = {}
     infra_tpl = files.template(
         name=f"Unit {infra}", src="templates/watchme-infrastructure.service.j2",

@@ -22,6 +22,7 @@ UNITS = runpy.run_path(str(ROOT / "group_data" / "all.py"))["config_root"] + "/s
 HAND_WRITTEN = "[Unit]\nDescription=gamma, written by hand on the server\n"
 
 
+CLONE = "/home/ubuntu/watchme-server-configs"
 HAS_UNIT_FIELD = "unit" in __import__("watchme.registry", fromlist=["Service"]).Service.model_fields
 
 
@@ -200,7 +201,8 @@ def test_removed_service_is_stopped_disabled_and_unlinked(gamma_present, deploy,
     for name in ("beta", "gamma"):
         assert f"Stop and disable removed service watchme-{name}.service" in run.changed()
         assert not host.file(f"/etc/systemd/system/watchme-{name}.service").exists
-        assert not host.file(f"{UNITS}/watchme-{name}.service").exists
+        # Never a delete inside the operator's clone (while config_root is still the clone).
+        assert host.file(f"{UNITS}/watchme-{name}.service").exists == UNITS.startswith(CLONE + "/")
         assert host.run(f"systemctl is-enabled watchme-{name}.service").rc != 0
     assert host.run("docker inspect watchme-beta").rc != 0, "compose down removes the container"
     assert host.service("watchme-alpha.service").is_running
