@@ -201,14 +201,14 @@ def test_avatar_upload_limits(first_run, host):
 
 def test_cors_preflight_and_server_tokens(first_run, host):
     headers = host.check_output(
-        f"curl -s -D - -o /dev/null -X OPTIONS -H 'Host: {VHOST}' -H 'Origin: https://x.example' "
-        "http://127.0.0.1/avatar/")
+        f"curl -sk --http1.1 -D - -o /dev/null -X OPTIONS --resolve {VHOST}:443:127.0.0.1 "
+        f"-H 'Origin: https://x.example' https://{VHOST}/avatar/")
     assert headers.startswith("HTTP/1.1 204")
     assert "Access-Control-Allow-Origin: *" in headers
     assert "Server: nginx\r" in headers  # no version
     no_cors = next(s for s in REGISTRY.enabled_services if not s.cors_origins)
-    headers = host.check_output(f"curl -s -D - -o /dev/null -H 'Host: {VHOST}' "
-                                f"http://127.0.0.1{no_cors.public_path}")
+    headers = host.check_output(f"curl -sk --http1.1 -D - -o /dev/null --resolve {VHOST}:443:127.0.0.1 "
+                                f"https://{VHOST}{no_cors.public_path}")
     assert "Access-Control-Allow-Origin" not in headers
 
 
