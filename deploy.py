@@ -3,9 +3,12 @@
     pyinfra -y inventory.py deploy.py            # see README.md
 """
 
-from watchme import prefetch
-from tasks import bootstrap, connection, lock, disk, guard as monitor, memory, network, nginx, units
+from pyinfra import host
 
+from watchme import prefetch, settings
+from tasks import bootstrap, connection, lock, disk, guard, memory, network, nginx, tls, units
+
+settings.require(host)  # the effective settings and registry, before any command
 connection.tune()
 bootstrap.preflight()  # distro and sudo, before anything uses sudo
 lock.acquire()  # one deploy at a time: fails at once if another holds the host
@@ -13,8 +16,9 @@ prefetch.install()  # after the lock: one round trip for the facts the last run 
 memory.check()  # before any change: refuse a registry the host cannot hold
 bootstrap.apply()
 units.apply(network.apply())  # the network (and compose audit) before the units
+tls.apply()  # the certificate (or a clear stop) before the site that uses it
 nginx.apply()
-monitor.apply()
+guard.apply()
 disk.apply()
-monitor.check_now()  # last: the monitor with --fix, after every other change
+guard.check_now()  # last: the network check with --fix, after every other change
 lock.release()  # keep last: releases the lock and records the deploy on the host

@@ -1,13 +1,18 @@
 """Nginx: one site rendered from the registry, linked into /etc/nginx, applied safely.
 
 Replaces the seed's hand procedure (sections 1-3, "緊急時の手動復旧手順"): backup, edit,
-`nginx -t`, reload — now with probes before and after, and a restore when anything fails.
+`nginx -t`, reload — now tested on a staged copy first, with probes before and after, and
+the last known-good site restored when anything fails. A live location the registry does
+not have stops the deploy before any change unless allow_route_removal is set.
 """
 
 from pyinfra import host
+from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files
 
-from watchme import nginx
+from tasks import tls as tls_task
+from watchme import live_routes, nginx
+from watchme.adopt import adopt
 
 
 def apply() -> None:
@@ -15,9 +20,21 @@ def apply() -> None:
     site_dir = f"{d.config_root}/nginx"
     live = f"{site_dir}/{d.server_name}"
     backups = f"{site_dir}/backups"
+    state_dir = d.get("state_dir", "/var/lib/watchme")
     script = f"{d.config_root}/scripts/nginx-safe-apply"
     links = [f"/etc/nginx/sites-available/{d.server_name}", f"/etc/nginx/sites-enabled/{d.server_name}"]
     services = d.registry.enabled_services
+
+    tls = tls_task.settings()
+    if tls is not None:
+        tls = {**tls, "http2": nginx.http2_style(host.get_fact(nginx.NginxVersion))}
+    content = nginx.render_site(d.server_name, services, backups, tls)
+    gone = live_routes.dropped(host.get_fact(live_routes.LiveNginxConfig), content, d.server_name)
+    if gone and not d.get("allow_route_removal", False):
+        raise DeployError(
+            f"{host.name}: the live site serves location(s) the registry does not have: "
+            f"{', '.join(gone)}. Nothing was changed. Add them to group_data/services.yaml "
+            "(watchme import), or deploy with --data allow_route_removal=true to drop them")
 
     files.directory(name=f"Nginx site directory {site_dir}", path=site_dir)
     files.directory(name=f"Scripts directory {d.config_root}/scripts", path=f"{d.config_root}/scripts")
@@ -26,12 +43,14 @@ def apply() -> None:
     # An empty site is valid Nginx: the links never dangle, even on a brand-new server.
     files.file(name=f"Site file {live}", path=live)
     for path in links:
-        nginx.link(name=f"Link nginx site {path}", path=path, target=live, backup_dir=backups,
-                   all_paths=links)
+        # The operator's file (or link into their clone) is kept resolved, then replaced.
+        adopt(name=f"Keep what is at {path}", path=path, target=live, backup_dir=backups,
+              seed=live)
+        files.link(name=f"Link nginx site {path}", path=path, target=live, force=True,
+                   force_backup=False)
     nginx.site(
-        name=f"Apply nginx site {d.server_name} (nginx -t, reload, probe)",
-        live=live,
-        content=nginx.render_site(d.server_name, services, backups),
-        script=script, backup_dir=backups, keep=d.nginx_backups_keep, vhost=d.server_name,
-        routes=[f"{s.name}|{s.probe_url_path}|{s.probe.expect}" for s in services],
+        name=f"Apply nginx site {d.server_name} (staged nginx -t, reload, probe)",
+        live=live, content=content, script=script, backup_dir=backups,
+        keep=d.nginx_backups_keep, state_dir=state_dir,
+        probes=nginx.probes(d.server_name, services, tls is not None),
     )

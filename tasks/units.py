@@ -3,7 +3,13 @@
 Each unit is rendered into {config_root}/systemd and linked into /etc/systemd/system, the
 seed's layout. Every service unit requires watchme-infrastructure.service, which owns the
 network, so a restart of it brings its dependants back in order. A service that leaves the
-registry (or is disabled there) is stopped, disabled and unlinked.
+registry (or is disabled there) is stopped, disabled and unlinked: only links into our own
+unit directory, never a unit linked into the operator's git clone.
+
+Adopting a running service restarts nothing: what was at /etc/systemd/system/<unit> is kept
+(resolved, watchme/adopt.py), our link replaces it, systemd reloads, and an active unit keeps
+running. A unit whose file changed but was never loaded (a run killed before daemon-reload:
+systemd's NeedDaemonReload) is reloaded and restarted by the next run.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from watchme.network import ComposeFiles, create_command, unit_check_pattern
-from watchme.units import UnitFiles, VendorUnits, ours, unit_link
+from watchme.adopt import adopt
+from watchme.units import LoadedUnits, UnitFiles, VendorUnits, ours, unit_name
 
 SYSTEM_DIR = "/etc/systemd/system"
 
@@ -25,33 +32,45 @@ def _escape(value: str) -> str:
     return value.replace("%", "%%")
 
 
+def _owner(unit_of: dict[str, str], unit: str) -> str:
+    return next((n for n, u in unit_of.items() if u == unit), unit.removesuffix(".service"))
+
+
 def apply(migrated: dict[str, OperationMeta] | None = None) -> None:
     d = host.data
     unit_dir = f"{d.config_root}/systemd"
     infra = d.infra_unit
     services = d.registry.enabled_services
-    wanted = {infra, *(f"{s.name}.service" for s in services)}
+    unit_of = {s.name: unit_name(s) for s in services}
+    wanted = {infra, *unit_of.values()}
     # A link in /etc/systemd/system would silently replace the OS's own unit of that name.
     clash = sorted(wanted & host.get_fact(VendorUnits))
     if clash:
         raise DeployError(f"{host.name}: " + "; ".join(
-            f"services[{u.removesuffix('.service')}].name: {u} is a unit the OS ships "
-            "(/lib/systemd/system); rename the service" for u in clash))
+            f"services[{_owner(unit_of, u)}].unit: {u} is a unit the OS ships "
+            "(/lib/systemd/system); rename the service or its unit" for u in clash))
     stale = [n for n in ours(host.get_fact(UnitFiles, directory=SYSTEM_DIR), unit_dir)
              if n not in wanted]
+    loaded = host.get_fact(LoadedUnits, units=sorted(wanted))
+    never_loaded = sorted(u for u in wanted if loaded.get(u, {}).get("need_reload"))
     compose = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
 
+    # The operator's git clone is never written: while config_root is still the clone (the old
+    # default), a removed unit is only unlinked and the directory keeps its owner.
+    clone = d.get("operator_clone", "/home/ubuntu/watchme-server-configs").rstrip("/")
+    in_clone = unit_dir == clone or unit_dir.startswith(clone + "/")
     changes = []
     for unit in stale:
         changes.append(systemd.service(name=f"Stop and disable removed service {unit}",
                                        service=unit, running=False, enabled=False))
         changes.append(files.link(name=f"Unlink removed unit {SYSTEM_DIR}/{unit}",
                                   path=f"{SYSTEM_DIR}/{unit}", present=False))
-        changes.append(files.file(name=f"Remove unit file {unit_dir}/{unit}",
-                                  path=f"{unit_dir}/{unit}", present=False))
+        if not in_clone:
+            changes.append(files.file(name=f"Remove unit file {unit_dir}/{unit}",
+                                      path=f"{unit_dir}/{unit}", present=False))
 
-    files.directory(name=f"Unit directory {unit_dir}", path=unit_dir, user="root",
-                    group="root", mode="755")
+    owner = {} if in_clone else {"user": "root", "group": "root", "mode": "755"}
+    files.directory(name=f"Unit directory {unit_dir}", path=unit_dir, **owner)
     rendered = {}
     infra_tpl = files.template(
         name=f"Unit {infra}", src="templates/watchme-infrastructure.service.j2",
@@ -63,27 +82,41 @@ def apply(migrated: dict[str, OperationMeta] | None = None) -> None:
     changes.append(infra_tpl)
     for s in services:
         rendered[s.name] = files.template(
-            name=f"Unit {s.name}.service", src="templates/service.unit.j2",
-            dest=f"{unit_dir}/{s.name}.service", mode="644", service=s.name,
+            name=f"Unit {unit_of[s.name]}", src="templates/service.unit.j2",
+            dest=f"{unit_dir}/{unit_of[s.name]}", mode="644", service=s.name,
             description=_escape(s.description), compose=d.compose_command,
             compose_file=_escape(s.compose_file), infra_unit=infra, pull=d.compose_pull)
         changes.append(rendered[s.name])
+    adopted = {}
     for unit in sorted(wanted):
-        changes.append(unit_link(name=f"Link unit {SYSTEM_DIR}/{unit}",
-                                 path=f"{SYSTEM_DIR}/{unit}", target=f"{unit_dir}/{unit}"))
-    systemd.daemon_reload(name="Reload systemd (a unit changed)", _if=any_changed(*changes))
+        path, target = f"{SYSTEM_DIR}/{unit}", f"{unit_dir}/{unit}"
+        # A hand-made unit or a link into the clone is kept (resolved) beside it, then replaced.
+        adopted[unit] = adopt(name=f"Keep what is at {path}", path=path, target=target)
+        changes.append(adopted[unit])
+        changes.append(files.link(name=f"Link unit {path}", path=path, target=target,
+                                  force=True, force_backup=False))
+    if never_loaded:
+        logger.warning(f"{host.print_prefix}systemd has not loaded the file of "
+                       f"{', '.join(never_loaded)} (an interrupted run): reloading and restarting")
+        systemd.daemon_reload(name="Reload systemd (a unit file was never loaded)")
+    else:
+        systemd.daemon_reload(name="Reload systemd (a unit changed)", _if=any_changed(*changes))
 
     systemd.service(name=f"Enable and start {infra}", service=infra, running=True, enabled=True)
     for s in services:
         exists = compose.get(s.compose_file) is not None
+        unit = unit_of[s.name]
         if s.start and not exists:
-            logger.warning(f"{host.print_prefix}{s.name}.service: enabled, not started: "
+            logger.warning(f"{host.print_prefix}{unit}: enabled, not started: "
                            f"{s.compose_file} is not on the host yet")
         start = s.start and exists
-        changed = rendered[s.name].will_change or (
+        changed = rendered[s.name].will_change or unit in never_loaded or (
             s.name in (migrated or {}) and migrated[s.name].will_change)
+        # Adopted now: the service runs as the operator started it; no restart (an inactive
+        # one is started by running=True).
+        adopting = adopted[unit].will_change and unit not in never_loaded
         systemd.service(
-            name=f"Enable {s.name}.service" + (" and start it" if start else ""),
-            service=f"{s.name}.service", enabled=True, running=True if start else None,
+            name=f"Enable {unit}" + (" and start it" if start else ""),
+            service=unit, enabled=True, running=True if start else None,
             # A running service picks up a changed unit or compose file only on restart.
-            restarted=bool(changed and start))
+            restarted=bool(changed and start and not adopting))

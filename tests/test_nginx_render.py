@@ -19,10 +19,15 @@ SUPPRESSED = {
 }
 
 
-def render(tmp_path: Path, registry=None) -> Path:
+TLS = {"certificate": "/etc/letsencrypt/live/api.hey-watch.me/fullchain.pem",
+       "key": "/etc/letsencrypt/live/api.hey-watch.me/privkey.pem", "http2": "listen",
+       "acme_root": "/var/www/letsencrypt"}
+
+
+def render(tmp_path: Path, registry=None, tls=TLS) -> Path:
     registry = registry or load()
     site = tmp_path / "site"
-    site.write_text(render_site("api.hey-watch.me", registry.enabled_services, "/backups"))
+    site.write_text(render_site("api.hey-watch.me", registry.enabled_services, "/backups", tls))
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"events {{}}\nhttp {{\n    include {site};\n}}\n")
     return conf
@@ -52,8 +57,27 @@ def test_every_service_has_one_location_with_its_limits(tmp_path):
         assert f"client_max_body_size {s.max_body_size};" in block
         assert f"proxy_read_timeout {s.timeouts.read};" in block
         assert ("Access-Control-Allow-Origin" in block) == bool(s.cors_origins)
-    assert text.count("location ") == len(registry.enabled_services)
+    # + the ACME webroot and the redirect on :80
+    assert text.count("location ") == len(registry.enabled_services) + 2
     assert "server_tokens off;" in text
+
+
+def test_tls_site_listens_443_and_redirects_80(tmp_path):
+    text = (render(tmp_path).parent / "site").read_text()
+    http, https = text.split("server {")[1:3]
+    assert "listen 80;" in http and "return 301 https://api.hey-watch.me$request_uri;" in http
+    assert "location /.well-known/acme-challenge/ {\n        root /var/www/letsencrypt;" in http
+    assert "proxy_pass" not in http
+    assert "listen 443 ssl http2;" in https and f"ssl_certificate {TLS['certificate']};" in https
+    assert "listen 80" not in https
+    newer = (render(tmp_path, tls={**TLS, "http2": "directive"}).parent / "site").read_text()
+    assert "listen 443 ssl;" in newer and "http2 on;" in newer
+
+
+def test_http_only_site_is_one_server_on_80(tmp_path):
+    text = (render(tmp_path, tls=None).parent / "site").read_text()
+    assert text.count("server {") == 1 and "listen 80;" in text
+    assert "ssl" not in text and "acme-challenge" not in text
 
 
 def test_cors_list_uses_a_map_never_a_wildcard(tmp_path):

@@ -6,18 +6,24 @@ then one fewer) stands in for the 13 production services to keep the module fast
 
 from __future__ import annotations
 
+import runpy
+
 import jinja2
 import pytest
 
 from tests import fake_services
 from tests.fake_services import wait
-from tests.conftest import ROOT, assert_idempotent
+from tests.conftest import ROOT, assert_idempotent, run_deploy
 
 ALPHA = {"name": "alpha", "container": "watchme-alpha", "ip": "172.27.0.6", "port": 8000, "priority": 1}
 BETA = {"name": "beta", "container": "watchme-beta", "ip": "172.27.0.7", "port": 8001}
 GAMMA = {"name": "gamma", "container": "watchme-gamma", "ip": "172.27.0.8", "port": 8002}
-UNITS = "/home/ubuntu/watchme-server-configs/systemd"
+UNITS = runpy.run_path(str(ROOT / "group_data" / "all.py"))["config_root"] + "/systemd"
 HAND_WRITTEN = "[Unit]\nDescription=gamma, written by hand on the server\n"
+
+
+CLONE = "/home/ubuntu/watchme-server-configs"
+HAS_UNIT_FIELD = "unit" in __import__("watchme.registry", fromlist=["Service"]).Service.model_fields
 
 
 def render(**kw) -> str:
@@ -55,7 +61,45 @@ def test_percent_is_escaped_for_systemd():
     assert _escape("CPU 50% max") == "CPU 50%% max"
 
 
+def test_loaded_units_fact_reads_need_daemon_reload_for_all_units_at_once():
+    from watchme.units import LoadedUnits
+    fact = LoadedUnits()
+    assert fact.command(units=["watchme-a.service", "watchme-b.service"]).startswith(
+        "systemctl show -p Id -p NeedDaemonReload -p ActiveState -- watchme-a.service watchme-b.service")
+    assert fact.process(["Id=watchme-a.service", "NeedDaemonReload=yes", "ActiveState=active", "",
+                         "ActiveState=inactive", "NeedDaemonReload=no", "Id=watchme-b.service"]) == {
+        "watchme-a.service": {"need_reload": True, "active": "active"},
+        "watchme-b.service": {"need_reload": False, "active": "inactive"}}
+
+
+def test_unit_name_defaults_to_the_seed_convention():
+    from types import SimpleNamespace
+    from watchme.units import unit_name
+    assert unit_name(SimpleNamespace(name="vault-api")) == "watchme-vault-api.service"
+    assert unit_name(SimpleNamespace(name="x", unit="api-x.service")) == "api-x.service"
+
+
+def test_only_links_into_our_unit_dir_are_ours():
+    from watchme.units import ours
+    units = {"watchme-a.service": "/opt/watchme/systemd/watchme-a.service",
+             "watchme-b.service": "/home/ubuntu/watchme-server-configs/systemd/watchme-b.service",
+             "watchme-c.service": None}
+    assert ours(units, "/opt/watchme/systemd") == ["watchme-a.service"]
+
+
 # --- end to end -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def deploy(testhost_env):
+    """conftest's deploy for a module about units: the site on :80 only (no certificate on a
+    blank host) and services may leave the registry with their routes."""
+
+    def _deploy(*args: str, env: dict[str, str] | None = None):
+        return run_deploy({**testhost_env, **(env or {})}, "--json", "--data", "http_only=true",
+                          "--data", "allow_route_removal=true", *args)
+
+    return _deploy
+
 
 @pytest.fixture(scope="module")
 def registries(tmp_path_factory):
@@ -65,7 +109,8 @@ def registries(tmp_path_factory):
         "three": {"WATCHME_REGISTRY": fake_services.registry(d / "three.yaml", [ALPHA, BETA, GAMMA])},
         "one": {"WATCHME_REGISTRY": fake_services.registry(d / "one.yaml", [ALPHA])},
         "clash": {"WATCHME_REGISTRY": fake_services.registry(d / "clash.yaml", [ALPHA, {
-            "name": "nginx", "container": "my-nginx", "ip": "172.27.0.9", "port": 8009}])},
+            "name": "nginx", "container": "my-nginx", "ip": "172.27.0.9", "port": 8009,
+            **({"unit": "nginx.service"} if HAS_UNIT_FIELD else {})}])},
     }
 
 
@@ -88,36 +133,36 @@ def running(new_server, deploy, host, registries):
 
 @pytest.mark.e2e
 def test_new_server_enables_but_does_not_start(new_server, host):
-    assert "alpha.service: enabled, not started: /home/ubuntu/alpha/docker-compose.prod.yml is not on" \
+    assert "watchme-alpha.service: enabled, not started: /home/ubuntu/alpha/docker-compose.prod.yml is not on" \
         in new_server.stderr
     for name in ("alpha", "beta"):
-        assert host.service(f"{name}.service").is_enabled
-        assert not host.service(f"{name}.service").is_running
+        assert host.service(f"watchme-{name}.service").is_enabled
+        assert not host.service(f"watchme-{name}.service").is_running
     infra = host.service("watchme-infrastructure.service")
     assert infra.is_enabled and infra.is_running
 
 
 @pytest.mark.e2e
 def test_units_rendered_and_linked(new_server, host):
-    for unit in ("alpha.service", "beta.service", "watchme-infrastructure.service"):
+    for unit in ("watchme-alpha.service", "watchme-beta.service", "watchme-infrastructure.service"):
         link = host.file(f"/etc/systemd/system/{unit}")
         assert link.is_symlink and link.linked_to == f"{UNITS}/{unit}"
-    alpha = host.file(f"{UNITS}/alpha.service").content_string
+    alpha = host.file(f"{UNITS}/watchme-alpha.service").content_string
     assert "ExecStart=/usr/bin/docker-compose -f /home/ubuntu/alpha/docker-compose.prod.yml up" in alpha
 
 
 @pytest.mark.e2e
 def test_systemd_analyze_verify_is_clean(new_server, host):
-    r = host.run(f"systemd-analyze verify {UNITS}/alpha.service {UNITS}/beta.service "
+    r = host.run(f"systemd-analyze verify {UNITS}/watchme-alpha.service {UNITS}/watchme-beta.service "
                  f"{UNITS}/watchme-infrastructure.service")
     assert (r.rc, r.stdout, r.stderr) == (0, "", "")
 
 
 @pytest.mark.e2e
 def test_units_start_services_on_their_fixed_ips(running, host):
-    assert "Enable alpha.service and start it" in running.changed()
+    assert "Enable watchme-alpha.service and start it" in running.changed()
     for s in (ALPHA, BETA):
-        assert host.service(f"{s['name']}.service").is_running
+        assert host.service(f"watchme-{s['name']}.service").is_running
         wait(host, f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
         ip = host.check_output("docker inspect -f '{{(index .NetworkSettings.Networks "
                                f"\"watchme-network\").IPAddress}}}}' {s['container']}")
@@ -132,20 +177,20 @@ def test_restarting_the_infrastructure_brings_dependants_back(running, host):
     before = host.check_output("docker inspect -f '{{.State.StartedAt}}' watchme-alpha")
     host.check_output("systemctl restart watchme-infrastructure.service")
     for s in (ALPHA, BETA):
-        assert host.service(f"{s['name']}.service").is_running
+        assert host.service(f"watchme-{s['name']}.service").is_running
         wait(host, f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
     assert host.check_output("docker inspect -f '{{.State.StartedAt}}' watchme-alpha") != before
 
 
 @pytest.mark.e2e
 def test_hand_written_unit_is_kept_as_a_backup(running, deploy, host, registries):
-    host.run(f"printf '{HAND_WRITTEN}' > /etc/systemd/system/gamma.service")
+    host.run(f"printf '{HAND_WRITTEN}' > /etc/systemd/system/watchme-gamma.service")
     run = deploy(env=registries["three"])
     assert run.rc == 0, run.stderr[-3000:]
-    backups = host.check_output("ls /etc/systemd/system/ | grep '^gamma.service.backup.'").split()
-    assert len(backups) == 1 and len(backups[0]) == len("gamma.service.backup.20260101_120000")
+    backups = host.check_output("ls /etc/systemd/system/ | grep '^watchme-gamma.service.backup.'").split()
+    assert len(backups) == 1 and len(backups[0]) == len("watchme-gamma.service.backup.20260101_120000")
     assert host.file(f"/etc/systemd/system/{backups[0]}").content_string == HAND_WRITTEN
-    assert host.file("/etc/systemd/system/gamma.service").linked_to == f"{UNITS}/gamma.service"
+    assert host.file("/etc/systemd/system/watchme-gamma.service").linked_to == f"{UNITS}/watchme-gamma.service"
     wait(host, "curl -sf http://127.0.0.1:8002/ | grep -qx gamma")
 
 
@@ -154,33 +199,72 @@ def test_removed_service_is_stopped_disabled_and_unlinked(gamma_present, deploy,
     run = deploy(env=registries["one"])
     assert run.rc == 0, run.stderr[-3000:]
     for name in ("beta", "gamma"):
-        assert f"Stop and disable removed service {name}.service" in run.changed()
-        assert not host.file(f"/etc/systemd/system/{name}.service").exists
-        assert not host.file(f"{UNITS}/{name}.service").exists
-        assert host.run(f"systemctl is-enabled {name}.service").rc != 0
+        assert f"Stop and disable removed service watchme-{name}.service" in run.changed()
+        assert not host.file(f"/etc/systemd/system/watchme-{name}.service").exists
+        # Never a delete inside the operator's clone (while config_root is still the clone).
+        assert host.file(f"{UNITS}/watchme-{name}.service").exists == UNITS.startswith(CLONE + "/")
+        assert host.run(f"systemctl is-enabled watchme-{name}.service").rc != 0
     assert host.run("docker inspect watchme-beta").rc != 0, "compose down removes the container"
-    assert host.service("alpha.service").is_running
+    assert host.service("watchme-alpha.service").is_running
     assert "Reload systemd (a unit changed)" in run.changed()
 
 
 @pytest.fixture(scope="module")
 def gamma_present(running, deploy, host, registries):
     """Makes the removal test independent of test order: gamma exists before it runs."""
-    if not host.file("/etc/systemd/system/gamma.service").is_symlink:
+    if not host.file("/etc/systemd/system/watchme-gamma.service").is_symlink:
         assert deploy(env=registries["three"]).rc == 0
 
 
 @pytest.mark.e2e
+@pytest.mark.skipif(not HAS_UNIT_FIELD, reason="registry field `unit` not merged yet")
 def test_name_of_an_os_unit_is_refused_before_any_change(new_server, deploy, host, registries):
     run = deploy(env=registries["clash"])
     assert run.rc != 0
-    assert ("services[nginx].name: nginx.service is a unit the OS ships (/lib/systemd/system); "
+    assert ("services[nginx].unit: nginx.service is a unit the OS ships (/lib/systemd/system); "
             "rename the service") in run.stderr
     assert not host.file("/etc/systemd/system/nginx.service").exists
     assert not host.file(f"{UNITS}/nginx.service").exists
 
 
 @pytest.mark.e2e
+def test_unit_written_but_never_loaded_is_reloaded_and_restarted(running, deploy, host, tmp_path):
+    """A deploy killed after writing a unit file, before daemon-reload: the file on disk is
+    what the registry renders, systemd still runs the old unit. The next run must finish."""
+    unit = "watchme-alpha.service"
+    host.check_output(f"sed -i 's/^Description=.*/Description=Alpha v2/' {UNITS}/{unit}")
+    assert host.check_output(f"systemctl show -p NeedDaemonReload {unit}") == "NeedDaemonReload=yes"
+    started = host.check_output("docker inspect -f '{{.State.StartedAt}}' watchme-alpha")
+    env = {"WATCHME_REGISTRY": fake_services.registry(
+        tmp_path / "v2.yaml", [{**ALPHA, "description": "Alpha v2"}, BETA])}
+    run = deploy(env=env)
+    assert run.rc == 0, run.stderr[-3000:]
+    assert f"Unit {unit}" not in run.changed()  # the file was already right
+    assert host.check_output(f"systemctl show -p Description {unit}") == "Description=Alpha v2"
+    assert host.check_output(f"systemctl show -p NeedDaemonReload {unit}") == "NeedDaemonReload=no"
+    wait(host, "curl -sf http://127.0.0.1:8000/ | grep -qx alpha")
+    assert host.check_output("docker inspect -f '{{.State.StartedAt}}' watchme-alpha") != started
+
+
+@pytest.mark.e2e
+def test_adopting_a_running_unit_linked_into_the_clone_restarts_nothing(running, deploy, host,
+                                                                        registries):
+    """The seed's layout: /etc/systemd/system/<unit> links into the operator's git clone."""
+    clone = "/home/ubuntu/watchme-server-configs-clone/systemd"
+    unit = "watchme-beta.service"
+    host.check_output(f"mkdir -p {clone} && cp -L /etc/systemd/system/{unit} {clone}/{unit} && "
+                      f"ln -sfn {clone}/{unit} /etc/systemd/system/{unit} && systemctl daemon-reload")
+    started = host.check_output("docker inspect -f '{{.State.StartedAt}}' watchme-beta")
+    run = deploy(env=registries["two"])
+    assert run.rc == 0, run.stderr[-3000:]
+    assert host.file(f"/etc/systemd/system/{unit}").linked_to == f"{UNITS}/{unit}"
+    assert host.file(f"{clone}/{unit}").exists, "the clone's file is never deleted"
+    assert host.check_output("docker inspect -f '{{.State.StartedAt}}' watchme-beta") == started
+
+
+@pytest.mark.e2e
 def test_second_run_changes_nothing(running, deploy, registries):
+    # Tests above leave two or three services: settle on one, then the gate.
+    assert deploy(env=registries["one"]).rc == 0
     assert_idempotent(deploy, env=registries["one"])
 

@@ -1,103 +1,118 @@
-"""The Nginx site: rendering, adopting hand-managed files, and the safe apply cycle.
+"""The Nginx site: rendering and the safe apply cycle (files/nginx-safe-apply.sh).
 
-pyinfra's files.template writes in place and files.link refuses a regular file, which is
-right for them and wrong here: the seed's server has hand-managed files where our links
-go, and a site must never be left on disk unless `nginx -t` and the route probes pass.
-So two small operations of ours: `link` (keeps what it replaces as a backup) and `site`
-(backup, candidate in place, nginx -t, reload, probe, restore), see files/nginx-safe-apply.sh.
+pyinfra's files.template writes in place, which is wrong for a site: the candidate must pass
+`nginx -t` in a staged copy of the config tree before it becomes the live file, the reload
+must succeed and the route probes pass before it counts as applied. So one operation of
+ours, `site`, that hands the candidate to the cycle script; "up to date" is the sha256 the
+script records on the host after a successful reload and probes, not the file on disk.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import re
+import shlex
 from io import StringIO
 from pathlib import Path
 
 from pyinfra import host, logger, state
-from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
+from pyinfra.api import FactBase, FunctionCommand, operation
 from pyinfra.api.command import FileUploadCommand
 from pyinfra.api.util import get_template
-from pyinfra.facts.files import FileContents, Sha256File
+from pyinfra.facts.files import FileContents
+
+from watchme import kv, remote
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "templates" / "nginx-site.conf.j2"
+ACME_PATH = "/.well-known/acme-challenge/"
 
 
-def render_site(server_name: str, services, backup_dir: str) -> str:
+def http2_style(version: tuple[int, ...] | None) -> str | None:
+    """How this Nginx turns on HTTP/2: `http2 on;` from 1.25.1, the listen flag before
+    (bookworm's 1.22), none when the version is unknown (HTTP/1.1 still works)."""
+    if not version:
+        return None
+    return "directive" if version >= (1, 25, 1) else "listen"
+
+
+def render_site(server_name: str, services, backup_dir: str, tls: dict | None = None) -> str:
+    """tls: None for HTTP only, else {certificate, key, http2, acme_root}."""
     return get_template(str(TEMPLATE)).render(
-        server_name=server_name, services=services, backup_dir=backup_dir)
+        server_name=server_name, services=services, backup_dir=backup_dir, tls=tls,
+        acme_path=ACME_PATH)
 
 
-class LinkStates(FactBase):
-    """For each path: ("link", target) | ("file", "") | ("missing", "") | ("other", "")."""
+def probes(server_name: str, services, tls: bool) -> list[str]:
+    """NAME|URL|STATUS|REDIRECT for the cycle script: every route, and the :80 redirect."""
+    scheme = "https" if tls else "http"
+    out = [f"{s.name}|{scheme}://{server_name}{s.probe_url_path}|{s.probe.expect}|"
+           for s in services]
+    if tls:
+        out.append(f"http-redirect|http://{server_name}/|301|https://{server_name}/")
+    return out
 
-    def command(self, paths: list[str]) -> str:
-        checks = " ".join(f"'{p}'" for p in paths)
-        return (f"for p in {checks}; do if [ -L \"$p\" ]; then echo \"$p link $(readlink \"$p\")\"; "
-                "elif [ -f \"$p\" ]; then echo \"$p file\"; elif [ -e \"$p\" ]; then echo \"$p other\"; "
-                "else echo \"$p missing\"; fi; done")
+
+class NginxVersion(FactBase):
+    """The installed Nginx's version, else the one apt would install: (major, minor, patch)."""
+
+    def command(self) -> str:
+        return "nginx -v 2>&1 || apt-cache policy nginx 2>/dev/null | grep -i candidate || true"
 
     def process(self, output):
-        states = {}
-        for line in output:
-            path, kind, *target = line.split(" ", 2)
-            states[path] = (kind, target[0] if target else "")
-        return states
+        m = re.search(r"(\d+)\.(\d+)\.(\d+)", " ".join(output))
+        return tuple(int(x) for x in m.groups()) if m else None
 
 
-@operation()
-def link(path: str, target: str, backup_dir: str, all_paths: list[str]):
-    """`path` -> `target`; anything else found at `path` is moved to backup_dir, never deleted.
+class SiteState(FactBase):
+    """sha256 of the site as last applied (reload and probes passed) and of the file on disk."""
 
-    all_paths: every link this deploy manages, so one command reads all their states.
-    """
-    kind, current = host.get_fact(LinkStates, paths=all_paths)[path]
-    if kind == "link" and current == target:
-        host.noop(f"{path} already links to {target}")
-        return
-    if kind == "other":
-        raise OSError(f"{path} is a directory or device; move it away by hand")
-    if kind != "missing":
-        backup = f"{backup_dir}/{path.strip('/').replace('/', '_')}.backup.$(date +%Y%m%d_%H%M%S)"
-        logger.warning(f"{host.print_prefix}{path} is a {'link to ' + current if kind == 'link' else 'hand-managed file'};"
-                       f" keeping it as {backup}")
-        yield f"mkdir -p {backup_dir}"
-        if kind == "file":
-            # First deploy on a hand-managed server: the operator's site becomes the
-            # "previous" version the safe apply cycle compares with and restores.
-            yield f"[ -s {target} ] || cp -p {path} {target}"
-        yield f"mv {path} {backup}"
-    yield f"ln -s {target} {path}"
+    def command(self, live: str, record: str) -> str:
+        return (f"printf 'applied=%s\\n' \"$(cat {shlex.quote(record)} 2>/dev/null)\"; "
+                f"printf 'live=%s\\n' \"$(sha256sum < {shlex.quote(live)} 2>/dev/null | cut -d' ' -f1)\"")
+
+    def process(self, output):
+        return kv.parse(output)
 
 
-def _apply(state, host, script, candidate, live, backup_dir, keep, vhost, routes):
-    args = " ".join(f"'{a}'" for a in (candidate, live, backup_dir, keep, vhost, *routes))
-    ok, output = host.run_shell_command(StringCommand(f"sh {script} {args}"), _sudo=True)
-    for line in output.stdout_lines:
+def _apply(state, host, command):
+    ok, stdout, stderr = remote.run(state, host, command)
+    for line in stdout:
         if line.startswith("probe ok"):
             logger.info(f"{host.print_prefix}{line}")
         elif ok:
             logger.warning(f"{host.print_prefix}{line}")
         else:
             logger.error(f"{host.print_prefix}{line}")
+    for line in stderr:
+        logger.error(f"{host.print_prefix}{line}")
+    if not ok:  # a failed operation: the deploy stops here for this host
+        logger.error(f"{host.print_prefix}the Nginx site was not applied (see the lines above)")
     return ok
 
 
 @operation()
-def site(live: str, content: str, script: str, backup_dir: str, keep: int, vhost: str,
-         routes: list[str]):
-    """Apply the rendered site through the safe cycle, only when it differs from the live one."""
+def site(live: str, content: str, script: str, backup_dir: str, keep: int, state_dir: str,
+         probes: list[str]):
+    """Apply the rendered site through the safe cycle unless it is what Nginx last applied."""
     wanted = hashlib.sha256(content.encode()).hexdigest()
-    if host.get_fact(Sha256File, path=live) == wanted:
-        host.noop(f"{live} is up to date")
+    record = f"{state_dir}/nginx-applied.sha256"
+    now = host.get_fact(SiteState, live=live, record=record)
+    if now.get("applied") == wanted and now.get("live") == wanted:
+        host.noop(f"{live} is applied and up to date")
         return
+    if now.get("live") == wanted:
+        logger.warning(f"{host.print_prefix}{live} holds the rendered site but it was never "
+                       "applied (reload and probes); applying it now")
     if state.config.DIFF or state.is_executing is False:
         current = host.get_fact(FileContents, path=live) or []
-        import difflib
-
         for line in difflib.unified_diff([l + "\n" for l in current], content.splitlines(True),
                                          live, f"{live} (new)"):
             logger.info(f"    {line.rstrip()}")
-    candidate = f"{live}.candidate"
+    candidate = f"{state_dir}/nginx-candidate.conf"
+    yield f"mkdir -p {shlex.quote(state_dir)}"
     yield FileUploadCommand(StringIO(content), candidate)
-    yield FunctionCommand(_apply, (script, candidate, live, backup_dir, keep, vhost, routes), {})
+    command = shlex.join(["sh", script, "apply", candidate, live, backup_dir, str(keep),
+                          state_dir, *probes])
+    yield FunctionCommand(_apply, (command,), {})

@@ -1,14 +1,19 @@
-"""systemd unit files linked into /etc/systemd/system (the seed's layout): the fact that lists
-them and the operation that links one without ever losing a hand-written file.
+"""systemd units linked into /etc/systemd/system (the seed's layout): what is there, and what
+systemd has actually loaded.
+
+Linking itself is stock `files.link` after watchme/adopt.py kept what was there.
 """
 
 from __future__ import annotations
 
-import posixpath
 import shlex
 
-from pyinfra import host
-from pyinfra.api import FactBase, operation
+from pyinfra.api import FactBase
+
+
+def unit_name(service) -> str:
+    """The unit file name of a registry service (field `unit`, default watchme-<name>.service)."""
+    return getattr(service, "unit", None) or f"watchme-{service.name}.service"
 
 
 class UnitFiles(FactBase):
@@ -42,21 +47,35 @@ class VendorUnits(FactBase):
         return set(output)
 
 
+class LoadedUnits(FactBase):
+    """What systemd runs, for all units in one call: {unit: {"need_reload": bool, "active": str}}.
+
+    NeedDaemonReload=yes means the file on disk changed since systemd loaded it: a run killed
+    between writing a unit and `daemon-reload` leaves exactly that, and the file alone looks
+    up to date.
+    """
+
+    def command(self, units: list[str]) -> str:
+        return shlex.join(["systemctl", "show", "-p", "Id", "-p", "NeedDaemonReload",
+                           "-p", "ActiveState", "--", *units]) + " 2>/dev/null || true"
+
+    def process(self, output):
+        out: dict[str, dict] = {}
+        current: dict[str, str] = {}
+        for line in [*output, ""]:
+            if not line.strip():
+                if current.get("Id"):
+                    out[current["Id"]] = {"need_reload": current.get("NeedDaemonReload") == "yes",
+                                          "active": current.get("ActiveState", "")}
+                current = {}
+                continue
+            key, _, value = line.partition("=")
+            current[key] = value
+        return out
+
+
 def ours(units: dict[str, str | None], target_dir: str) -> list[str]:
-    """Names of the links that point into target_dir: the units this deploy made."""
+    """Names of the links that point into target_dir: the units this deploy made. Links into
+    anywhere else (the operator's git clone) are never ours to stop or delete."""
     prefix = target_dir.rstrip("/") + "/"
     return sorted(n for n, t in units.items() if t and t.startswith(prefix))
-
-
-@operation()
-def unit_link(path: str, target: str):
-    """path is a symlink to target. A regular file already there (a hand-written unit) is
-    kept as path.backup.YYYYmmdd_HHMMSS first, never silently replaced."""
-    units = host.get_fact(UnitFiles, directory=posixpath.dirname(path))
-    name = posixpath.basename(path)
-    if name in units and units[name] == target:
-        host.noop(f"{path} already links to {target}")
-        return
-    if name in units and units[name] is None:
-        yield f"mv {shlex.quote(path)} {shlex.quote(path)}.backup.$(date +%Y%m%d_%H%M%S)"
-    yield f"ln -sfn {shlex.quote(target)} {shlex.quote(path)}"
