@@ -7,11 +7,11 @@ from watchme import prefetch
 from tasks import bootstrap, connection, lock, disk, memory, monitor, network, nginx, units
 
 connection.tune()
-bootstrap.preflight()  # distro and sudo, before anything uses sudo
+profile = bootstrap.preflight()  # distro and sudo, before anything uses sudo (one read)
 lock.acquire()  # one deploy at a time: fails at once if another holds the host
 prefetch.install()  # after the lock: one round trip for the facts the last run read
 memory.check()  # before any change: refuse a registry the host cannot hold
-bootstrap.apply()
+bootstrap.apply(profile)  # installs only what is missing in every form
 units.apply(network.apply())  # the network (and compose audit) before the units
 nginx.apply()
 monitor.apply()
