@@ -10,11 +10,11 @@ from tasks import bootstrap, connection, lock, disk, guard, memory, network, ngi
 
 settings.require(host)  # the effective settings and registry, before any command
 connection.tune()
-bootstrap.preflight()  # distro and sudo, before anything uses sudo
+profile = bootstrap.preflight()  # distro and sudo, before anything uses sudo (one read)
 lock.acquire()  # one deploy at a time: fails at once if another holds the host
 prefetch.install()  # after the lock: one round trip for the facts the last run read
 memory.check()  # before any change: refuse a registry the host cannot hold
-bootstrap.apply()
+bootstrap.apply(profile)  # installs only what is missing in every form
 units.apply(network.apply())  # the network (and compose audit) before the units
 tls.apply()  # the certificate (or a clear stop) before the site that uses it
 nginx.apply()

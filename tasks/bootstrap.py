@@ -1,21 +1,25 @@
-"""First-time bootstrap: Nginx, Docker, compose, the docker group, swap, the config root.
+"""First-time bootstrap: Nginx, Docker, compose, certbot, the docker group, swap, the config root.
 
 Replaces the seed's `setup_server.sh` first run ("サーバーへの初回セットアップ手順").
 Safe to run on every deploy: each step checks the host first and changes nothing twice.
+What is already installed, in whatever form, is kept (watchme/packages.py); whatever is
+missing is installed in one apt run.
 """
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server, systemd
 
-from watchme.facts import ComposeChoice, HostProfile
-from watchme.operations import swapfile
+from watchme import host_profile, packages
+from watchme.swap import swapfile
 
 
 def preflight() -> dict:
-    """Refuse unsupported hosts before any change: distro and sudo are checked first."""
-    profile = host.get_fact(HostProfile, swap_file=host.data.swap_file, _sudo=False)
+    """Refuse unsupported hosts before any change: distro and sudo are checked first.
+
+    Returns the host profile (one round trip, read once per deploy) for apply().
+    """
+    profile = host_profile.read(host.data.swap_file)
     distro = {profile.get("id", "")} | set(profile["like"])
     if not distro & set(host.data.supported_distros):
         raise DeployError(
@@ -29,32 +33,49 @@ def preflight() -> dict:
     return profile
 
 
-def packages(profile: dict) -> None:
-    compose = host.get_fact(ComposeChoice, candidates=host.data.compose_candidates)
-    if compose is None:
-        raise DeployError(f"{host.name}: no compose package among "
-                          f"{', '.join(host.data.compose_candidates)} in apt's lists")
-    # Later tasks (the systemd units) run compose with this command.
-    host.data.compose_command = compose["command"]
-    wanted = [*host.data.bootstrap_packages, compose["package"]]
-    installed = host.get_fact(DebPackages)
-    if any(p not in installed for p in wanted):
-        # Only refresh the lists when something must be installed: a no-op deploy stays no-op.
-        apt.update(name="Refresh apt package lists")
-    apt.packages(name=f"Install {', '.join(wanted)}", packages=wanted, no_recommends=True)
-    for service in ("docker", "nginx"):
-        systemd.service(name=f"Enable and start {service}", service=service,
-                        running=True, enabled=True)
+def software(profile: dict) -> None:
+    """Install what is missing in every form, in one apt run; record what later tasks use."""
+    d = host.data
+    try:
+        sw = packages.detect(profile, d.bootstrap_packages)
+        names = sw.apt_names(d.compose_candidates)
+        apt_state = (host.get_fact(packages.AptCandidates, names=names) if names
+                     else {"candidates": {}, "refreshed": False})
+        plan = packages.plan(sw, d.compose_candidates, apt_state["candidates"])
+    except packages.PackageError as e:
+        raise DeployError(f"{host.name}: {e}") from None
+    for warning in plan.warnings:
+        logger.warning(f"{host.print_prefix}{warning}")
+    logger.info(f"{host.print_prefix}{packages.summary(sw, plan)}")
+    # What later tasks read (README "Host facts the bootstrap records").
+    d.compose_command = plan.compose_command
+    d.nginx_layout = sw.nginx_layout
+    d.docker_unit = sw.docker_unit
+    d.certbot_command = sw.certbot or packages.CERTBOT_CLI
+    d.ecr_credential_helper = plan.ecr_helper
+
+    if plan.install:
+        # The lists are refreshed only when something is installed: a no-op deploy stays no-op.
+        apt.packages(name=f"Install {', '.join(plan.install)}", packages=plan.install,
+                     no_recommends=True, update=not apt_state["refreshed"])
+    for unit, what in ((sw.docker_unit, "the Docker engine"), (sw.nginx_unit, "nginx")):
+        if unit:
+            systemd.service(name=f"Enable and start {unit.removesuffix('.service')}",
+                            service=unit, running=True, enabled=True)
+        else:
+            logger.warning(f"{host.print_prefix}no systemd unit runs {what}: not managed")
     # The profile already lists the login user's groups; pyinfra's Users fact would cost a
     # ~200 ms scan of every account on each no-op deploy.
     if "docker" not in profile["groups"]:
+        if not profile["docker_group"] and sw.engine:
+            # An engine installed without the group (a snap): the docker.io package makes it.
+            server.group(name="The docker group", group="docker", system=True)
         server.user(name=f"Add {profile['user']} to the docker group", user=profile["user"],
                     groups=["docker"], append=True, ensure_home=False)
 
 
-def apply() -> None:
-    profile = preflight()
-    packages(profile)
+def apply(profile: dict) -> None:
+    software(profile)
     swapfile(name=f"Swap file {host.data.swap_file} ({host.data.swap_size_mib} MiB)",
              path=host.data.swap_file, size_mib=host.data.swap_size_mib)
     files.directory(name=f"Config root {host.data.config_root}", path=host.data.config_root,

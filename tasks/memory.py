@@ -11,7 +11,7 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.api.exceptions import DeployError
 
-from watchme.facts import HostProfile
+from watchme import host_profile
 from watchme.memory import CgroupMemoryLimit
 
 MIB = 1024 * 1024
@@ -46,7 +46,7 @@ def budget(services, reserve_mib: int, host_mib: int, warn_share: float) -> tupl
 
 def check() -> None:
     d = host.data
-    profile = host.get_fact(HostProfile, swap_file=d.swap_file, _sudo=False)
+    profile = host_profile.read(d.swap_file)  # the preflight's read: no second round trip
     # HostProfile's cgroup reading is the tree's root; the limit on our own path may be lower.
     limit = host.get_fact(CgroupMemoryLimit, _sudo=False)
     host_mib = min(profile["memory_bytes"], limit or profile["memory_bytes"]) // MIB

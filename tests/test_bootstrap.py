@@ -20,10 +20,30 @@ def first_run(deploy, host):
     return run
 
 
+INSTALL = "Install nginx, docker.io, curl, docker-compose, certbot, amazon-ecr-credential-helper"
+
+
 def test_first_run_changes_the_bare_host(first_run):
     changed = first_run.changed()
-    assert "Install nginx, docker.io, curl, docker-compose" in changed
     assert "Config root /home/ubuntu/watchme-server-configs" in changed
+
+
+def test_everything_missing_installed_in_one_apt_run(first_run, host):
+    """Issue 13: one `apt-get install`; the empty lists were refreshed once, by the fact."""
+    installs = [n for n in first_run.changed() if n.startswith("Install ") and "/" not in n
+                and n != "Install nginx-safe-apply"]
+    assert installs == [INSTALL]
+    assert "Refresh apt package lists" not in first_run.changed()
+    for package in INSTALL.removeprefix("Install ").split(", "):
+        assert host.package(package).is_installed, package
+    assert ("bootstrap: found nothing to keep; install nginx, docker.io, curl, docker-compose, "
+            "certbot, amazon-ecr-credential-helper") in first_run.stderr
+
+
+def test_units_use_the_installed_compose(first_run, host):
+    lines = host.check_output("grep -h '^Exec' /etc/systemd/system/*.service").splitlines()
+    compose = [line for line in lines if " -f " in line and line.endswith(" up")]
+    assert compose and all(l.startswith("ExecStart=/usr/bin/docker-compose -f ") for l in compose)
 
 
 @pytest.mark.parametrize("service", ["nginx", "docker"])
@@ -149,3 +169,5 @@ def test_noop_deploy_batches_its_facts(first_run, deploy, testhost_env):
     commands = run.stderr.count("Running command on ")
     assert "prefetched" in run.stderr
     assert commands <= 6, f"{commands} remote commands for a no-op deploy"
+    # The host profile (preflight, memory, swap, what is installed) runs once (issue 9).
+    assert run.stderr.count('echo "swap_file_bytes=') == 1

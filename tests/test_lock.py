@@ -138,7 +138,7 @@ def test_two_deploys_at_once_one_runs(first_run, host, testhost_env):
     assert "another deploy holds the lock: " in losers[0].last_line
     assert f"commit {wl.commit()}, since " in losers[0].last_line
     assert losers[0].stdout == ""
-    assert "Install nginx, docker.io, curl, docker-compose" in winners[0].changed()
+    assert "Install curl" in winners[0].changed()  # only what is missing is installed
     assert host.package("curl").is_installed
     assert not host.file(LOCK).exists
     assert _record(host)["status"] == "ok"

@@ -14,35 +14,6 @@ from pyinfra.operations import files
 from tests.pyinfra_fake import run_op, text
 from watchme import nginx
 from watchme.adopt import adopt
-from watchme.operations import swapfile
-
-PROFILE = {"container": False, "virt": "none", "swaps": [], "swap_file_bytes": 0}
-SWAP_CASES = {
-    "vm: created and enabled": (
-        {}, ["rm -f /swapfile", "fallocate -l 2048M /swapfile || dd if=/dev/zero of=/swapfile "
-             "bs=1M count=2048 status=none", "chmod 600 /swapfile", "mkswap /swapfile",
-             "swapon /swapfile",
-             "grep -qxF '/swapfile none swap sw 0 0' /etc/fstab || echo '/swapfile none swap sw 0 0' >> /etc/fstab"],
-        None),
-    "right size: only switched on": (
-        {"swap_file_bytes": 2048 << 20},
-        ["swapon /swapfile",
-         "grep -qxF '/swapfile none swap sw 0 0' /etc/fstab || echo '/swapfile none swap sw 0 0' >> /etc/fstab"],
-        None),
-    "swap active": ({"swaps": ["/dev/zram0 1048576"]}, [],
-                    "swap: already active (/dev/zram0 1048576 KiB)"),
-    "container": ({"container": True, "virt": "docker"}, [],
-                  "swap: skipped, a docker container cannot enable swap"),
-}
-
-
-@pytest.mark.parametrize("case", SWAP_CASES, ids=str)
-def test_swapfile(case):
-    profile, commands, noop = SWAP_CASES[case]
-    cmds, host = run_op(swapfile, {"HostProfile": {**PROFILE, **profile}}, path="/swapfile",
-                        size_mib=2048)
-    assert cmds == commands
-    assert host.noops == ([noop] if noop else [])
 
 
 # --- adopt, then stock files.link -------------------------------------------------------

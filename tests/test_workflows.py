@@ -110,7 +110,8 @@ def test_preview_job_summarises_what_would_change(preview, host):
     assert rc == 0, output[-3000:]
     assert summary.startswith("### Preview: what merging this changes in production\n")
     assert "Preview (dry run): 1 host would change" in summary
-    assert "<li>Install nginx, docker.io, curl, docker-compose</li>" in summary
+    assert ("<li>Install nginx, docker.io, curl, docker-compose, certbot, "
+            "amazon-ecr-credential-helper</li>") in summary
     assert "<li>Config root /home/ubuntu/watchme-server-configs</li>" in summary
     assert "last deploy: no deploy recorded on this host yet" in summary
     _assert_no_secret_echoed(output, secrets)
@@ -134,7 +135,8 @@ def test_deploy_job_deploys_and_summarises(deployed, host):
     assert rc == 0, output[-3000:]
     assert summary.startswith("### Deploy of 0123456 to production\n")
     assert "Deploy ok: 1 host" in summary
-    assert "- changed: <ul><li>Refresh apt package lists</li>" in summary
+    assert ("- changed: <ul><li>Install nginx, docker.io, curl, docker-compose, certbot, "
+            "amazon-ecr-credential-helper</li>") in summary
     by = "tester via GitHub Actions (https://github.com/watchme/watchme-server-configs/actions/runs/42)"
     assert f"by {by}" in summary  # the record, as written on the host
     assert host.package("nginx").is_installed

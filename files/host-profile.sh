@@ -1,0 +1,58 @@
+# The host profile (watchme/host_profile.py): everything the deploy must know about a host
+# before it changes anything, in one round trip, as the login user (no sudo: this is how the
+# deploy finds out whether sudo works). Prints key=value lines (watchme/kv.py).
+#   $1  the swap file path
+#
+# It only reads: os-release, the user, sudo, memory and swap, and which software is there in
+# which form (Docker engine, compose, Nginx and its layout, certbot, the ECR credential helper,
+# every installed package), so the bootstrap never installs over what someone else installed.
+
+# The system's own directories (and snap's), not the login user's PATH: the units and the
+# deploy run these commands as root through systemd.
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/snap/bin
+export PATH
+
+. /etc/os-release 2>/dev/null
+echo "id=$ID"
+echo "like=$ID_LIKE"
+echo "version=$VERSION_ID"
+echo "pretty=$PRETTY_NAME"
+echo "user=$(id -un)"
+echo "groups=$(id -Gn)"
+if [ "$(id -u)" = 0 ]; then echo sudo=root
+elif sudo -n true 2>/dev/null; then echo sudo=ok
+else echo sudo=no; fi
+echo "virt=$(systemd-detect-virt --container 2>/dev/null || echo none)"
+awk '/^MemTotal:/ {print "mem_kib=" $2}' /proc/meminfo
+echo "cgroup_mem=$(cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null | head -n1)"
+# One line per active swap area: swap.<device or file>=<size KiB>
+awk 'NR>1 {print "swap." $1 "=" $3}' /proc/swaps
+echo "swap_file_bytes=$(stat -c %s "$1" 2>/dev/null || echo 0)"
+
+# Commands, by absolute path where found (empty: none).
+for c in docker dockerd docker-compose nginx certbot curl docker-credential-ecr-login; do
+  echo "path.$c=$(command -v "$c" 2>/dev/null)"
+done
+# The compose v2 plugin answers `docker compose version` (the CLI alone, no daemon needed).
+if command -v docker >/dev/null 2>&1; then
+  echo "compose_plugin=$(docker compose version --short 2>/dev/null | head -n1)"
+fi
+[ -d /snap/docker ] && echo snap.docker=yes
+getent group docker >/dev/null 2>&1 && echo docker_group=yes
+
+# Nginx's layout: Debian's package includes sites-enabled/, nginx.org's only conf.d/*.conf.
+if [ -r /etc/nginx/nginx.conf ]; then
+  grep -Eq '^[[:space:]]*include[[:space:]]+(/etc/nginx/)?sites-enabled/' /etc/nginx/nginx.conf \
+    && echo nginx.sites=yes
+  grep -Eq '^[[:space:]]*include[[:space:]]+(/etc/nginx/)?conf\.d/\*\.conf' /etc/nginx/nginx.conf \
+    && echo nginx.confd=yes
+fi
+
+# The systemd units that run them: unit.<name>=<state>.
+systemctl list-unit-files --no-legend docker.service snap.docker.dockerd.service nginx.service \
+  2>/dev/null | awk 'NF {print "unit." $1 "=" $2}'
+
+# Every installed package and its version: pkg.<name>=<version>.
+dpkg-query -W -f='${db:Status-Status} ${Package} ${Version}\n' 2>/dev/null \
+  | awk '$1 == "installed" {print "pkg." $2 "=" $3}'
+true
