@@ -1,0 +1,150 @@
+"""watchme/replay.py: the pull request's preview, answered offline from recorded facts.
+
+End to end: a real deploy converges a test host, a second (no-op) run records its facts,
+the host is STOPPED, and `pyinfra --dry` through the replay connector then reports zero
+changes for the same code and a change for a modified registry, naming what it could
+not see. Unit: the record format and the inventory's refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, assert_idempotent, run_deploy
+from watchme import replay, testhost as th
+from watchme.targets import TargetError, production, replay as replay_hosts
+
+NO_PREFETCH = {"WATCHME_NO_PREFETCH": "1"}  # each fact its own command, on both sides
+
+
+def _record(path, facts, host="203.0.113.10"):
+    path.write_text(json.dumps({"version": 1, "host": host, "facts": facts}))
+    return path
+
+
+def test_executor_defaults_do_not_matter():
+    assert replay.executor_key({"_sudo": True, "_sudo_user": None, "_timeout": 30,
+                                "_shell_executable": "sh", "_env": {}}) == '{"_sudo": true}'
+    assert replay.executor_key({}) == replay.executor_key({"_sudo": False, "_su_user": None})
+    assert replay.executor_key({"_sudo": True}) != replay.executor_key({})
+
+
+def test_load_answers_by_command_and_executor(tmp_path):
+    rec = replay.load(_record(tmp_path / "h.facts.json", [
+        {"command": "cat /etc/x", "executor": {"_sudo": True, "_timeout": None}, "rc": 0,
+         "stdout": ["a"]},
+        {"command": "cat /etc/x", "executor": {}, "rc": 1, "stdout": []}]))
+    assert rec["host"] == "203.0.113.10"
+    assert rec["answers"][("cat /etc/x", '{"_sudo": true}')] == (0, ["a"])
+    assert rec["answers"][("cat /etc/x", "{}")] == (1, [])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nope", "not a fact record"),
+    ('{"version": 2, "host": "h", "facts": []}', "version is not 1"),
+    ('{"version": 1, "facts": []}', "needs \"host\""),
+    ('{"version": 1, "host": "h", "facts": [{"command": "x"}]}', "facts[0] needs command"),
+])
+def test_bad_record_named_with_the_fix(tmp_path, text, message):
+    (tmp_path / "h.facts.json").write_text(text)
+    with pytest.raises(replay.RecordError, match="fix: download the fact record") as e:
+        replay.load(tmp_path / "h.facts.json")
+    assert message in str(e.value)
+
+
+def test_replay_inventory(tmp_path):
+    _record(tmp_path / "b.facts.json", [], host="worker")
+    _record(tmp_path / "a.facts.json", [], host="front")
+    assert replay_hosts({"WATCHME_REPLAY_DIR": str(tmp_path)}) == [
+        (f"@replay/{tmp_path / 'a.facts.json'}", {"placement_name": "front", "front": True}),
+        (f"@replay/{tmp_path / 'b.facts.json'}", {"placement_name": "worker", "front": False})]
+    with pytest.raises(TargetError, match="no \\*.facts.json"):
+        replay_hosts({"WATCHME_REPLAY_DIR": str(tmp_path / "none")})
+    with pytest.raises(TargetError, match="both set"):
+        production({"WATCHME_REPLAY_DIR": str(tmp_path), "WATCHME_HOSTS": "203.0.113.10"})
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+def _recorded_run(env: dict, out) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}
+    full.update({**env, **NO_PREFETCH, "WATCHME_RECORD_DIR": str(out)})
+    return subprocess.run([sys.executable, "-m", "tests.fact_recorder", "--json", "-y",
+                           "inventory.py", "deploy.py"], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=900)
+
+
+def _replayed(records, **env):
+    run = run_deploy({"WATCHME_REPLAY_DIR": str(records), **NO_PREFETCH, **env},
+                     "--json", "--dry", yes=False)
+    assert run.rc == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def records(deploy, testhost_env, tmp_path_factory):
+    first = deploy()
+    assert first.rc == 0, first.stderr[-3000:]
+    out = tmp_path_factory.mktemp("records")
+    p = _recorded_run(testhost_env, out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["results"]["totals"]["success"] == 0, "recorded run changed"
+    return out
+
+
+@pytest.fixture(scope="module")
+def stopped(records, testhost):
+    subprocess.run(["docker", "stop", testhost.name], check=True, capture_output=True)
+    yield records
+    subprocess.run(["docker", "start", testhost.name], check=True, capture_output=True)
+
+
+def test_record_written_per_host(records, testhost):
+    [path] = records.glob("*.facts.json")
+    rec = json.loads(path.read_text())
+    assert rec["host"] == f"127.0.0.1:{testhost.port}" and len(rec["facts"]) > 20
+
+
+def test_replay_of_the_same_code_changes_nothing(stopped, testhost):
+    run = _replayed(stopped)
+    assert run.totals["error"] == 0
+    assert run.changed() == [], f"preview of the recorded state plans: {run.changed()}"
+    assert "Connecting" not in run.stderr or "127.0.0.1" not in run.stderr.split("Connecting")[1][:200]
+
+
+def test_replay_shows_a_registry_change_and_what_it_could_not_see(stopped, tmp_path):
+    registry = tmp_path / "services.yaml"
+    text = (ROOT / "group_data" / "services.yaml").read_text()
+    assert "description: Gateway API (watchme-vault-api)" in text
+    registry.write_text(text.replace("description: Gateway API (watchme-vault-api)",
+                                     "description: Gateway API (renamed in a PR)"))
+    run = _replayed(stopped, WATCHME_REGISTRY=str(registry))
+    assert run.changed(), "a changed unit description was not previewed"
+    assert any("vault" in op.lower() or "unit" in op.lower() for op in run.changed()), run.changed()
+    assert replay.MISS in run.stderr  # the lock check at least: the preview says so
+
+
+def test_replay_refuses_to_execute(stopped, tmp_path):
+    """Without --dry the first command is refused: a recorded host is never 'deployed'."""
+    registry = tmp_path / "services.yaml"
+    registry.write_text((ROOT / "group_data" / "services.yaml").read_text().replace(
+        "description: Gateway API (watchme-vault-api)", "description: Gateway API (x)"))
+    run = run_deploy({"WATCHME_REPLAY_DIR": str(stopped), "WATCHME_REGISTRY": str(registry),
+                      **NO_PREFETCH}, "--json")
+    assert run.rc != 0
+    assert "a recorded host cannot be changed" in run.stderr + run.stdout
+
+
+def test_second_run_changes_nothing(stopped, deploy, testhost):
+    subprocess.run(["docker", "start", testhost.name], check=True, capture_output=True)
+    for _ in range(60):  # sshd back up
+        if th._ssh_banner(testhost.port):
+            break
+        time.sleep(1)
+    assert_idempotent(deploy)
