@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_idempotent
 
 ABSENT = ("apt-get", "dpkg", "dpkg-query", "docker", "sudo")
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
@@ -106,3 +106,86 @@ def test_deploy_local_ignores_watchme_hosts(fake_venv):
                           "WATCHME_HOSTS=ubuntu@127.0.0.1:1"], env=env, capture_output=True,
                          text=True)
     assert "-u WATCHME_HOSTS" in dry.stdout and "127.0.0.1:1" not in dry.stdout
+
+
+# -- SSH as laptops have it, against a real test host ---------------------------------------
+
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+
+
+def _keygen(path: Path, *args: str) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-N", "", "-C", "laptop", "-f", str(path), *args],
+                   check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def laptop(testhost, tmp_path_factory):
+    """An operator's ~/.ssh: an ed25519 and an RSA PEM key, a hashed known_hosts, an alias."""
+    d = tmp_path_factory.mktemp("dot-ssh")
+    ed = _keygen(d / "watchme-ed25519.pem", "-t", "ed25519")
+    rsa = _keygen(d / "watchme-key.pem", "-t", "rsa", "-b", "2048", "-m", "PEM")
+    assert rsa.read_text().startswith("-----BEGIN RSA PRIVATE KEY-----")  # EC2's .pem form
+    pubs = "".join(Path(f"{k}.pub").read_text() for k in (ed, rsa))
+    subprocess.run(["docker", "exec", "-i", testhost.name, "sh", "-c",
+                    "cat >> /home/ubuntu/.ssh/authorized_keys"], input=pubs, text=True, check=True)
+    known = d / "known_hosts"
+    shutil.copy(testhost.known_hosts, known)
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+    text = known.read_text()
+    assert text.startswith("|1|") and "127.0.0.1" not in text  # hashed, as Debian/macOS write
+    config = d / "config"
+    config.write_text(f"Host watchme-prod\n  HostName 127.0.0.1\n  Port {testhost.port}\n"
+                      f"  User ubuntu\n  IdentityFile {ed}\n")
+    return {"ed25519": ed, "rsa": rsa, "known": known, "config": config}
+
+
+def _who(testhost, mark: str) -> str:
+    """The login user that wrote /tmp/<mark> on the host (the deploy's commands run via sudo)."""
+    p = subprocess.run(["docker", "exec", testhost.name, "cat", f"/tmp/{mark}"],
+                       capture_output=True, text=True)
+    return p.stdout.strip()
+
+
+def _exec(env: dict, *command: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}
+    full.update(env)
+    return subprocess.run([PYINFRA, "-y", "inventory.py", "exec", "--", *command], cwd=ROOT,
+                          env=full, capture_output=True, text=True, timeout=300)
+
+
+def test_alias_from_ssh_config_with_hashed_known_hosts(laptop, testhost):
+    run = _exec({"WATCHME_HOSTS": "watchme-prod", "WATCHME_SSH_CONFIG": str(laptop["config"]),
+                 "WATCHME_KNOWN_HOSTS": str(laptop["known"]), "WATCHME_SSH_USER": "nobody"},
+                "sh", "-c", "'echo $SUDO_USER > /tmp/alias'")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "[watchme-prod] Connected" in run.stderr
+    assert _who(testhost, "alias") == "ubuntu"  # the alias's User, not WATCHME_SSH_USER
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa"])
+def test_pem_keys(laptop, testhost, kind):
+    run = _exec({"WATCHME_HOSTS": f"prod=ubuntu@127.0.0.1:{testhost.port}",
+                 "WATCHME_SSH_KEY": str(laptop[kind]), "WATCHME_KNOWN_HOSTS": str(laptop["known"])},
+                "sh", "-c", f"'echo $SUDO_USER > /tmp/key-{kind}'")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "[prod] Connected" in run.stderr and _who(testhost, f"key-{kind}") == "ubuntu"
+
+
+def test_hashed_known_hosts_still_refuse_an_unknown_host(laptop, testhost, tmp_path):
+    other = tmp_path / "known_hosts"
+    line = Path(testhost.known_hosts).read_text().splitlines()[0]
+    other.write_text(line.replace(f"]:{testhost.port} ", "]:1 ") + "\n")  # another port's key
+    subprocess.run(["ssh-keygen", "-H", "-f", str(other)], check=True, capture_output=True)
+    run = _exec({"WATCHME_HOSTS": f"ubuntu@127.0.0.1:{testhost.port}",
+                 "WATCHME_SSH_KEY": str(laptop["rsa"]), "WATCHME_KNOWN_HOSTS": str(other)}, "true")
+    assert run.returncode != 0
+    assert "No host key" in run.stdout + run.stderr
+
+
+def test_deploy_through_the_alias_then_nothing_changes(laptop, deploy):
+    env = {"WATCHME_HOSTS": "watchme-prod", "WATCHME_SSH_CONFIG": str(laptop["config"]),
+           "WATCHME_KNOWN_HOSTS": str(laptop["known"])}
+    first = deploy(env=env)
+    assert first.rc == 0, first.stderr[-3000:]
+    assert_idempotent(deploy, env=env)

@@ -46,7 +46,7 @@ def _alias(item: str, alias: str, config, path: Path) -> dict:
     data: dict = {}
     if found.get("hostname", alias) != alias:
         data["ssh_hostname"] = found["hostname"]
-    elif "." not in alias and not IP_RE.search(alias):
+    elif "." not in alias and alias != "localhost" and not IP_RE.search(alias):
         raise TargetError(
             f"WATCHME_HOSTS: {item!r}: {alias!r} is no address and no Host alias in {path}; "
             f"fix: add `Host {alias}` with its HostName to {path}, or give the address")
