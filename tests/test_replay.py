@@ -1,7 +1,8 @@
 """watchme/replay.py: the pull request's preview, answered offline from recorded facts.
 
 End to end: a real deploy converges a test host, a second (no-op) run records its facts,
-the host is STOPPED, and `pyinfra --dry` through the replay connector then reports zero
+the host is STOPPED (`docker pause`: every process frozen, SSH unanswered; a stop would
+lose its published port), and `pyinfra --dry` through the replay connector then reports zero
 changes for the same code and a change for a modified registry, naming what it could
 not see. Unit: the record format and the inventory's refusals.
 """
@@ -12,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -107,9 +107,10 @@ def records(deploy, testhost_env, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stopped(records, testhost):
-    subprocess.run(["docker", "stop", testhost.name], check=True, capture_output=True)
+    subprocess.run(["docker", "pause", testhost.name], check=True, capture_output=True)
+    assert not th._ssh_banner(testhost.port), "the paused host still answers SSH"
     yield records
-    subprocess.run(["docker", "start", testhost.name], check=True, capture_output=True)
+    subprocess.run(["docker", "unpause", testhost.name], capture_output=True)  # if a test failed
 
 
 def test_record_written_per_host(records, testhost):
@@ -121,9 +122,9 @@ def test_record_written_per_host(records, testhost):
 def test_replay_of_the_same_code_changes_nothing(stopped, testhost):
     run, would = _replayed(stopped)
     assert would == set(), f"preview of the recorded state plans: {would}"
-    state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", testhost.name],
+    state = subprocess.run(["docker", "inspect", "-f", "{{.State.Paused}}", testhost.name],
                            capture_output=True, text=True).stdout.strip()
-    assert state == "false", "the replay must run with the recorded host down"
+    assert state == "true", "the replay must run with the recorded host down"
 
 
 def test_replay_shows_a_registry_change_and_what_it_could_not_see(stopped, tmp_path):
@@ -150,9 +151,6 @@ def test_replay_refuses_to_execute(stopped, tmp_path):
 
 
 def test_second_run_changes_nothing(stopped, deploy, testhost):
-    subprocess.run(["docker", "start", testhost.name], check=True, capture_output=True)
-    for _ in range(60):  # sshd back up
-        if th._ssh_banner(testhost.port):
-            break
-        time.sleep(1)
+    subprocess.run(["docker", "unpause", testhost.name], check=True, capture_output=True)
+    assert th._ssh_banner(testhost.port), "sshd did not come back"
     assert_idempotent(deploy)

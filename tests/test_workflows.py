@@ -8,7 +8,7 @@ The merge job's deploy and the PR job's preview are run step by step from the wo
 files themselves (bash -eo pipefail, as GitHub runs them), with the secrets taken from the
 test host and GitHub's environment files emulated: what CI would do, minus the checkout,
 the install and the artifact transfer (this checkout and its venv are used as they are).
-The preview runs with the test host stopped: it never needs production.
+The preview runs with the test host paused: it never needs production.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -347,10 +346,11 @@ def records(deployed, testhost, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def offline(records, testhost):
-    """The production host is unreachable: stopped."""
-    subprocess.run(["docker", "stop", testhost.name], check=True, capture_output=True)
+    """The production host is unreachable: paused (every process frozen, SSH unanswered)."""
+    subprocess.run(["docker", "pause", testhost.name], check=True, capture_output=True)
+    assert not th._ssh_banner(testhost.port), "the paused host still answers SSH"
     yield records
-    subprocess.run(["docker", "start", testhost.name], check=True, capture_output=True)
+    subprocess.run(["docker", "unpause", testhost.name], capture_output=True)  # if a test failed
 
 
 # Operations whose plan-time check cannot see their outcome: planned as changes on every
@@ -370,9 +370,6 @@ def test_preview_replays_the_last_deploy_offline(offline, tmp_path):
 
 
 def test_second_run_changes_nothing(offline, deploy, testhost):
-    subprocess.run(["docker", "start", testhost.name], check=True, capture_output=True)
-    for _ in range(60):  # sshd back up
-        if th._ssh_banner(testhost.port):
-            break
-        time.sleep(1)
+    subprocess.run(["docker", "unpause", testhost.name], check=True, capture_output=True)
+    assert th._ssh_banner(testhost.port), "sshd did not come back"
     assert_idempotent(deploy)

@@ -203,7 +203,8 @@ def testhost(env: dict | None = None) -> list[tuple[str, dict]]:
         return [(f"127.0.0.1:{h['port']}", {
             "ssh_hostname": "127.0.0.1", "ssh_port": int(h["port"]), "ssh_user": h["user"], "ssh_key": h["key"],
             "ssh_known_hosts_file": h["known_hosts"], "ssh_strict_host_key_checking": "yes",
-            "testhost_container": h["name"],
+            "testhost_container": h["name"], "front": True,
+            "placement_name": f"127.0.0.1:{h['port']}",
         })]
     except (ValueError, KeyError) as e:
         raise TargetError(f"WATCHME_TESTHOST: {path} is not a test host state file ({e}); "
