@@ -154,3 +154,64 @@ def test_second_run_changes_nothing(stopped, deploy, testhost):
     subprocess.run(["docker", "unpause", testhost.name], check=True, capture_output=True)
     assert th._ssh_banner(testhost.port), "sshd did not come back"
     assert_idempotent(deploy)
+
+
+class _Host:
+    print_prefix = "[h] "
+
+    def __init__(self, path):
+        self.data = {"replay_file": str(path)}
+
+
+class _State:
+    is_executing = False
+
+
+def _connector(tmp_path, facts):
+    c = replay.ReplayConnector(_State(), _Host(_record(tmp_path / "h.facts.json", facts)))
+    c.connect()
+    return c
+
+
+def test_connector_answers_by_command_and_executor(tmp_path):
+    from pyinfra.api import StringCommand
+
+    c = _connector(tmp_path, [
+        {"command": "cat /etc/x", "executor": {"_sudo": True}, "rc": 0, "stdout": ["root"]},
+        {"command": "cat /etc/x", "executor": {}, "rc": 1, "stdout": []}])
+    ok, out = c.run_shell_command(StringCommand("cat", "/etc/x"), _sudo=True, _timeout=None,
+                                  _success_exit_codes=[0])
+    assert ok and out.stdout_lines == ["root"]
+    ok, out = c.run_shell_command(StringCommand("cat /etc/x"))
+    assert not ok and c.misses == []
+
+
+def test_connector_miss_is_reported_and_answered_empty(tmp_path, caplog):
+    c = _connector(tmp_path, [])
+    ok, out = c.run_shell_command("test -e /etc/new", _sudo=True)
+    assert ok and out.stdout_lines == []
+    assert c.misses == ["test -e /etc/new"]
+    assert "[h] not recorded: test -e /etc/new" in caplog.text
+
+
+def test_connector_never_executes_or_transfers(tmp_path):
+    from pyinfra.api.exceptions import ConnectError
+
+    c = _connector(tmp_path, [{"command": "true", "executor": {}, "rc": 0, "stdout": []}])
+    c.state.is_executing = True
+    with pytest.raises(ConnectError, match="run pyinfra --dry"):
+        c.run_shell_command("true")
+    with pytest.raises(ConnectError, match="uploads nothing"):
+        c.put_file("/etc/x", "/etc/y")
+
+
+def test_connector_opens_no_socket(tmp_path, monkeypatch):
+    import socket
+
+    def refuse(*a, **k):
+        raise AssertionError("the replay opened a socket")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    c = _connector(tmp_path, [{"command": "uname", "executor": {}, "rc": 0, "stdout": ["Linux"]}])
+    assert c.run_shell_command("uname")[1].stdout_lines == ["Linux"]
