@@ -1,8 +1,8 @@
 """watchme/replay.py: the pull request's preview, answered offline from recorded facts.
 
 End to end: a real deploy converges a test host, a second (no-op) run records its facts,
-the host is STOPPED (`docker pause`: every process frozen, SSH unanswered; a stop would
-lose its published port), and `pyinfra --dry` through the replay connector then reports zero
+the host's SSH is STOPPED (sshd and its socket: nothing answers on its port; stopping the
+container would lose its published port), and `pyinfra --dry` through the replay connector then reports zero
 changes for the same code and a change for a modified registry, naming what it could
 not see. Unit: the record format and the inventory's refusals.
 """
@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -68,92 +69,6 @@ def test_replay_inventory(tmp_path):
         replay_hosts({"WATCHME_REPLAY_DIR": str(tmp_path / "none")})
     with pytest.raises(TargetError, match="both set"):
         production({"WATCHME_REPLAY_DIR": str(tmp_path), "WATCHME_HOSTS": "203.0.113.10"})
-
-
-# -- end to end ----------------------------------------------------------------------------
-
-def _recorded_run(env: dict, out) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}
-    full.update({**env, **NO_PREFETCH, "WATCHME_RECORD_DIR": str(out)})
-    return subprocess.run([sys.executable, "-m", "tests.fact_recorder", "--json", "-y",
-                           "inventory.py", "deploy.py"], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=900)
-
-
-# Operations whose plan-time check cannot see their outcome: planned as changes on every
-# preview, live or replayed; they change nothing when run (the idempotence gate proves it).
-ALWAYS_PLANNED = {"Network monitor --fix (watchme-network members)"}
-
-
-def _replayed(records, **env):
-    """(run, {operations the preview says would change})."""
-    run = run_deploy({"WATCHME_REPLAY_DIR": str(records), **NO_PREFETCH, **env},
-                     "--json", "--dry", yes=False)
-    assert run.rc == 0, run.stderr[-3000:]
-    plan = sm.summarize(sm.load(run.stdout))
-    return run, {op for r in plan.hosts.values() for op in r.changed} - ALWAYS_PLANNED
-
-
-@pytest.fixture(scope="module")
-def records(deploy, testhost_env, tmp_path_factory):
-    first = deploy()
-    assert first.rc == 0, first.stderr[-3000:]
-    out = tmp_path_factory.mktemp("records")
-    p = _recorded_run(testhost_env, out)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert json.loads(p.stdout)["results"]["totals"]["success"] == 0, "recorded run changed"
-    return out
-
-
-@pytest.fixture(scope="module")
-def stopped(records, testhost):
-    subprocess.run(["docker", "pause", testhost.name], check=True, capture_output=True)
-    assert not th._ssh_banner(testhost.port), "the paused host still answers SSH"
-    yield records
-    subprocess.run(["docker", "unpause", testhost.name], capture_output=True)  # if a test failed
-
-
-def test_record_written_per_host(records, testhost):
-    [path] = records.glob("*.facts.json")
-    rec = json.loads(path.read_text())
-    assert rec["host"] == f"127.0.0.1:{testhost.port}" and len(rec["facts"]) > 20
-
-
-def test_replay_of_the_same_code_changes_nothing(stopped, testhost):
-    run, would = _replayed(stopped)
-    assert would == set(), f"preview of the recorded state plans: {would}"
-    state = subprocess.run(["docker", "inspect", "-f", "{{.State.Paused}}", testhost.name],
-                           capture_output=True, text=True).stdout.strip()
-    assert state == "true", "the replay must run with the recorded host down"
-
-
-def test_replay_shows_a_registry_change_and_what_it_could_not_see(stopped, tmp_path):
-    registry = tmp_path / "services.yaml"
-    text = (ROOT / "group_data" / "services.yaml").read_text()
-    assert "description: Gateway API (watchme-vault-api)" in text
-    registry.write_text(text.replace("description: Gateway API (watchme-vault-api)",
-                                     "description: Gateway API (renamed in a PR)"))
-    run, would = _replayed(stopped, WATCHME_REGISTRY=str(registry))
-    assert would, "a changed unit description was not previewed"
-    assert any("vault" in op.lower() for op in would), would
-    assert replay.MISS in run.stderr  # the lock check at least: the preview says so
-
-
-def test_replay_refuses_to_execute(stopped, tmp_path):
-    """Without --dry the first command is refused: a recorded host is never 'deployed'."""
-    registry = tmp_path / "services.yaml"
-    registry.write_text((ROOT / "group_data" / "services.yaml").read_text().replace(
-        "description: Gateway API (watchme-vault-api)", "description: Gateway API (x)"))
-    run = run_deploy({"WATCHME_REPLAY_DIR": str(stopped), "WATCHME_REGISTRY": str(registry),
-                      **NO_PREFETCH}, "--json")
-    assert run.rc != 0
-    assert "a recorded host cannot be changed" in run.stderr + run.stdout
-
-
-def test_second_run_changes_nothing(stopped, deploy, testhost):
-    subprocess.run(["docker", "unpause", testhost.name], check=True, capture_output=True)
-    assert th._ssh_banner(testhost.port), "sshd did not come back"
-    assert_idempotent(deploy)
 
 
 class _Host:
@@ -215,3 +130,96 @@ def test_connector_opens_no_socket(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     c = _connector(tmp_path, [{"command": "uname", "executor": {}, "rc": 0, "stdout": ["Linux"]}])
     assert c.run_shell_command("uname")[1].stdout_lines == ["Linux"]
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+def _recorded_run(env: dict, out) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}
+    full.update({**env, **NO_PREFETCH, "WATCHME_RECORD_DIR": str(out)})
+    return subprocess.run([sys.executable, "-m", "tests.fact_recorder", "--json", "-y",
+                           "inventory.py", "deploy.py"], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=900)
+
+
+# Operations whose plan-time check cannot see their outcome: planned as changes on every
+# preview, live or replayed; they change nothing when run (the idempotence gate proves it).
+ALWAYS_PLANNED = {"Network monitor --fix (watchme-network members)"}
+
+
+def _replayed(records, **env):
+    """(run, {operations the preview says would change})."""
+    run = run_deploy({"WATCHME_REPLAY_DIR": str(records), **NO_PREFETCH, **env},
+                     "--json", "--dry", yes=False)
+    assert run.rc == 0, run.stderr[-3000:]
+    plan = sm.summarize(sm.load(run.stdout))
+    return run, {op for r in plan.hosts.values() for op in r.changed} - ALWAYS_PLANNED
+
+
+@pytest.fixture(scope="module")
+def records(deploy, testhost_env, tmp_path_factory):
+    first = deploy()
+    assert first.rc == 0, first.stderr[-3000:]
+    out = tmp_path_factory.mktemp("records")
+    p = _recorded_run(testhost_env, out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["results"]["totals"]["success"] == 0, "recorded run changed"
+    return out
+
+
+@pytest.fixture(scope="module")
+def stopped(records, testhost):
+    th.run(["docker", "exec", testhost.name, "systemctl", "stop", "ssh.socket", "ssh.service"])
+    assert not th._ssh_banner(testhost.port), "the host still answers SSH"
+    yield records
+    _ssh_back(testhost)  # if a test failed before the last one
+
+
+def test_record_written_per_host(records, testhost):
+    [path] = records.glob("*.facts.json")
+    rec = json.loads(path.read_text())
+    assert rec["host"] == f"127.0.0.1:{testhost.port}" and len(rec["facts"]) > 20
+
+
+def test_replay_of_the_same_code_changes_nothing(stopped, testhost):
+    run, would = _replayed(stopped)
+    assert would == set(), f"preview of the recorded state plans: {would}"
+    assert not th._ssh_banner(testhost.port), "the replay must run with the host unreachable"
+
+
+def test_replay_shows_a_registry_change_and_what_it_could_not_see(stopped, tmp_path):
+    registry = tmp_path / "services.yaml"
+    text = (ROOT / "group_data" / "services.yaml").read_text()
+    assert "description: Gateway API (watchme-vault-api)" in text
+    registry.write_text(text.replace("description: Gateway API (watchme-vault-api)",
+                                     "description: Gateway API (renamed in a PR)"))
+    run, would = _replayed(stopped, WATCHME_REGISTRY=str(registry))
+    assert would, "a changed unit description was not previewed"
+    assert any("vault" in op.lower() for op in would), would
+    assert replay.MISS in run.stderr  # the lock check at least: the preview says so
+
+
+def test_replay_refuses_to_execute(stopped, tmp_path):
+    """Without --dry the first command is refused: a recorded host is never 'deployed'."""
+    registry = tmp_path / "services.yaml"
+    registry.write_text((ROOT / "group_data" / "services.yaml").read_text().replace(
+        "description: Gateway API (watchme-vault-api)", "description: Gateway API (x)"))
+    run = run_deploy({"WATCHME_REPLAY_DIR": str(stopped), "WATCHME_REGISTRY": str(registry),
+                      **NO_PREFETCH}, "--json")
+    assert run.rc != 0
+    assert "a recorded host cannot be changed" in run.stderr + run.stdout
+
+
+def test_second_run_changes_nothing(stopped, deploy, testhost):
+    _ssh_back(testhost)
+    assert_idempotent(deploy)
+
+
+def _ssh_back(testhost) -> None:
+    subprocess.run(["docker", "exec", testhost.name, "systemctl", "start", "ssh.service"],
+                   capture_output=True)
+    for _ in range(30):
+        if th._ssh_banner(testhost.port):
+            return
+        time.sleep(0.5)
+    raise AssertionError("sshd did not come back")

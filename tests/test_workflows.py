@@ -8,7 +8,7 @@ The merge job's deploy and the PR job's preview are run step by step from the wo
 files themselves (bash -eo pipefail, as GitHub runs them), with the secrets taken from the
 test host and GitHub's environment files emulated: what CI would do, minus the checkout,
 the install and the artifact transfer (this checkout and its venv are used as they are).
-The preview runs with the test host paused: it never needs production.
+The preview runs with the test host's SSH stopped: it never needs production.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -346,11 +347,11 @@ def records(deployed, testhost, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def offline(records, testhost):
-    """The production host is unreachable: paused (every process frozen, SSH unanswered)."""
-    subprocess.run(["docker", "pause", testhost.name], check=True, capture_output=True)
-    assert not th._ssh_banner(testhost.port), "the paused host still answers SSH"
+    """The production host is unreachable: its sshd is stopped (nothing answers its port)."""
+    th.run(["docker", "exec", testhost.name, "systemctl", "stop", "ssh.socket", "ssh.service"])
+    assert not th._ssh_banner(testhost.port), "the host still answers SSH"
     yield records
-    subprocess.run(["docker", "unpause", testhost.name], capture_output=True)  # if a test failed
+    _ssh_back(testhost)  # if a test failed before the last one
 
 
 # Operations whose plan-time check cannot see their outcome: planned as changes on every
@@ -370,6 +371,15 @@ def test_preview_replays_the_last_deploy_offline(offline, tmp_path):
 
 
 def test_second_run_changes_nothing(offline, deploy, testhost):
-    subprocess.run(["docker", "unpause", testhost.name], check=True, capture_output=True)
-    assert th._ssh_banner(testhost.port), "sshd did not come back"
+    _ssh_back(testhost)
     assert_idempotent(deploy)
+
+
+def _ssh_back(testhost) -> None:
+    subprocess.run(["docker", "exec", testhost.name, "systemctl", "start", "ssh.service"],
+                   capture_output=True)
+    for _ in range(30):
+        if th._ssh_banner(testhost.port):
+            return
+        time.sleep(0.5)
+    raise AssertionError("sshd did not come back")
