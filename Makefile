@@ -1,38 +1,70 @@
-# Two commands do everything on a fresh Debian machine (see README.md):
+# Deploying to a server needs only Python 3.10+ and OpenSSH (macOS, any Linux, WSL):
+#   make venv           .venv with the watchme CLI and the pinned pyinfra; no apt, no root
+# The local test host and the tests also need Docker, debootstrap and root (see README.md);
+# on Debian/Ubuntu these two install them with apt:
 #   make deploy-local   start a local test host and deploy to it
 #   make test           every test, unit and end-to-end (.ci/run runs exactly this)
 
 VENV   ?= .venv
+PYTHON ?= python3
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # shellcheck: actionlint checks the workflows' run: scripts with it when it is installed.
-APT_PKGS := python3 python3-venv docker.io debootstrap openssh-client tar shellcheck
+APT_PKGS  := python3 python3-venv docker.io debootstrap openssh-client tar shellcheck
+# What the test host and the tests need on a machine without apt (the commands).
+HOST_CMDS := docker debootstrap ssh ssh-keygen tar
+# deploy-local deploys to the local test host only: every WATCHME_* setting of the caller
+# (WATCHME_HOSTS above all) is removed from its environment, and pyinfra is limited to
+# the `testhost` group.
+LOCAL_ENV := env $(foreach v,$(filter WATCHME_%,$(.VARIABLES)),-u $(v)) \
+             WATCHME_TESTHOST=$(CURDIR)/.testhost/current.json
 
-.PHONY: deploy-local test deps venv image bench clean
+.PHONY: deploy-local test deps venv test-venv image bench clean
 
+# Debian/Ubuntu: install what is missing with apt. Elsewhere: check, and say what to install.
 deps:
-	@missing=""; for p in $(APT_PKGS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	@if command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; then \
+	  missing=""; for p in $(APT_PKGS); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  fi; \
+	else \
+	  missing=""; for c in $(HOST_CMDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "make deploy-local / make test need:$$missing (and root or sudo, a running Docker engine)."; \
+	    echo "This machine has no apt: install them yourself, or run these targets in a Debian/Ubuntu VM."; \
+	    echo "Deploying to a server needs none of them: make venv, then .venv/bin/watchme deploy."; \
+	    exit 1; \
+	  fi; \
 	fi
 
+# Python 3.10+ only: no apt, no root, no Docker (the laptop path).
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else \
+	  "make venv needs Python 3.10+, $(PYTHON) is " + sys.version.split()[0] + \
+	  "; fix: make venv PYTHON=python3.12 (or any 3.10+)")'
+	@$(PYTHON) -m venv $(VENV) || { echo "make venv: $(PYTHON) -m venv failed; fix: on \
+	Debian/Ubuntu install python3-venv (sudo apt-get install python3-venv)"; exit 1; }
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-venv: deps $(VENV)/.installed
+venv: $(VENV)/.installed
 
-image: venv
+test-venv: deps $(VENV)/.installed-test
+
+image: test-venv
 	$(PY) -m watchme.testhost build
 
 deploy-local: image
 	$(PY) -m watchme.testhost start --local >/dev/null
-	$(VENV)/bin/watchme deploy -y
+	$(LOCAL_ENV) $(VENV)/bin/watchme deploy -y --limit testhost
 	@echo; echo "Test host ready. Reach it with:"; echo "  $$($(PY) -m watchme.testhost ssh)"
 
 test: image

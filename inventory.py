@@ -3,15 +3,17 @@
     WATCHME_HOSTS=ubuntu@203.0.113.10 WATCHME_SSH_KEY=~/watchme-key.pem \
         pyinfra -y inventory.py deploy.py
 
-See README.md ("Targets") for every variable.
+With WATCHME_REPLAY_DIR (the pull-request preview), `production` is the recorded hosts,
+answered offline by watchme/replay.py: no SSH, no secret. See README.md ("Targets", "CI").
 """
 
 import sys
 
-from watchme.targets import TargetError, production as _production, testhost as _testhost
+from watchme.targets import TargetError, production as _production, replay as _replay
+from watchme.targets import testhost as _testhost
 
 try:
-    production = _production()
+    production = _replay() or _production()
     testhost = _testhost()
 except TargetError as e:
     sys.exit(f"inventory: {e}")

@@ -22,3 +22,13 @@ def test_one_line_per_failed_host_with_the_fix():
 
 def test_no_line_for_other_output():
     assert failure_lines("--> Results:\n    [h] Success\n") == []
+
+
+def test_runs_in_the_checkout_it_is_called_from(tmp_path):
+    """A `pipx install .` CLI has no checkout of its own: the current directory is used."""
+    from watchme.deploy import ROOT, checkout
+
+    assert checkout(tmp_path) == ROOT  # an editable install still finds its own checkout
+    (tmp_path / "deploy.py").write_text("")
+    (tmp_path / "inventory.py").write_text("")
+    assert checkout(tmp_path) == tmp_path

@@ -4,6 +4,10 @@ pyinfra reports a failed connection in the middle of its output and ends with "N
 remaining!"; an operator (or CI log) should not have to scroll for the cause. This runs
 `pyinfra inventory.py deploy.py` with the given options, passes its output through, and on
 failure ends with one line per failed host: the host, the cause and, where known, the fix.
+
+It runs in the repository checkout: the current directory when it holds deploy.py and
+inventory.py (a `pipx install .` / `uv tool install .` / `pip install .` copy of the CLI
+has no checkout of its own), else the checkout this module was installed from (`-e`).
 """
 
 from __future__ import annotations
@@ -37,10 +41,22 @@ def failure_lines(output: str) -> list[str]:
     return lines
 
 
+def checkout(cwd: Path | None = None) -> Path | None:
+    for folder in (cwd or Path.cwd(), ROOT):
+        if (folder / "deploy.py").is_file() and (folder / "inventory.py").is_file():
+            return folder
+    return None
+
+
 def main(args: list[str]) -> int:
+    root = checkout()
+    if root is None:
+        print("watchme deploy: no deploy.py and inventory.py here; fix: cd into the "
+              "watchme-server-configs checkout and run it again", file=sys.stderr)
+        return 2
     pyinfra = Path(sys.executable).with_name("pyinfra")
     cmd = [str(pyinfra), *args, "inventory.py", "deploy.py"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True)
     captured = []
     assert proc.stderr is not None
     for line in proc.stderr:
