@@ -4,7 +4,8 @@
 """
 
 from watchme import prefetch
-from tasks import bootstrap, connection, lock, disk, memory, monitor, network, nginx, units
+from tasks import (bootstrap, connection, lock, disk, images, memory, monitor, network, nginx,
+                   overrides, units)
 
 connection.tune()
 bootstrap.preflight()  # distro and sudo, before anything uses sudo
@@ -12,6 +13,8 @@ lock.acquire()  # one deploy at a time: fails at once if another holds the host
 prefetch.install()  # after the lock: one round trip for the facts the last run read
 memory.check()  # before any change: refuse a registry the host cannot hold
 bootstrap.apply()
+images.apply()  # root's Docker client pulls from ECR through the credential helper
+overridden = overrides.apply()  # per-service compose overrides: memory limit, fixed IP, pins
 units.apply(network.apply())  # the network (and compose audit) before the units
 nginx.apply()
 monitor.apply()
