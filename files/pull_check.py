@@ -47,7 +47,8 @@ FIXES = {
 # (cause, substrings): first match wins, so the specific ones come first. Each string is from
 # docker, compose or the ECR helper (its log), as tests/test_images.py shows.
 RULES = [
-    ("helper_missing", ['executable file not found', 'docker-credential-ecr-login: not found',
+    ("helper_missing", ['executable file not found', 'not installed or not available in PATH',
+                        'docker-credential-ecr-login: not found',
                         'no such file or directory: docker-credential']),
     ("no_credentials", ['no EC2 IMDS role found', 'NoCredentialProviders',
                         'no valid providers in chain', 'failed to retrieve credentials',
