@@ -152,6 +152,8 @@ def rollout(state, host, name: str, image: str | None, timeout: float) -> dict:
         raise Failed(f"deploy lock held by {lock.describe_holder(taken.get('holder'))}")
     try:
         _steps(r, data, service, unit, image, timeout, result)
+    except (Failed, images.ComposeError) as e:  # before anything changed: nothing to roll back
+        result["failed"] = str(e)
     finally:
         result["finished"] = lock.now()
         ok, old = r.run(f"cat {ROLLOUTS} 2>/dev/null")
