@@ -236,3 +236,13 @@ def test_pull_check_names_no_credentials_then_helper_missing(deployed, host):
 
 def test_idempotent(deployed, deploy, env):
     assert_idempotent(deploy, env=env)
+
+
+def test_rollout_probe_goes_through_nginx_with_sni_or_http():
+    from types import SimpleNamespace
+    from watchme.rollout import probe_command
+    svc = SimpleNamespace(probe_url_path="/app/status")
+    https = probe_command({"server_name": "api.hey-watch.me"}, svc)
+    assert "--resolve api.hey-watch.me:443:127.0.0.1 https://api.hey-watch.me/app/status" in https
+    http = probe_command({"http_only": True, "server_name": "api.hey-watch.me"}, svc)
+    assert "-H 'Host: api.hey-watch.me' http://127.0.0.1/app/status" in http
