@@ -6,7 +6,8 @@
 from pyinfra import host
 
 from watchme import prefetch, settings
-from tasks import bootstrap, connection, lock, disk, guard, memory, network, nginx, tls, units
+from tasks import (bootstrap, connection, disk, guard, images, lock, memory, network, nginx,
+                   overrides, tls, units)
 
 settings.require(host)  # the effective settings and registry, before any command
 connection.tune()
@@ -15,7 +16,9 @@ lock.acquire()  # one deploy at a time: fails at once if another holds the host
 prefetch.install()  # after the lock: one round trip for the facts the last run read
 memory.check()  # before any change: refuse a registry the host cannot hold
 bootstrap.apply(profile)  # installs only what is missing in every form
-units.apply(network.apply())  # the network (and compose audit) before the units
+images.apply()  # root's Docker client pulls from ECR through the credential helper
+overridden = overrides.apply()  # per-service compose overrides: memory limit, fixed IP, pins
+units.apply(network.apply(), overridden)  # the network (and compose audit) before the units
 tls.apply()  # the certificate (or a clear stop) before the site that uses it
 nginx.apply()
 guard.apply()

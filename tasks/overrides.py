@@ -1,0 +1,67 @@
+"""One compose override file per service: the registry's memory limit, fixed IP and container
+name applied where the container is created (issue 12 §3 and §4).
+
+The memory budget adds up `memory_limit`, but only a limit on the container is real; and a
+container compose recreates without `ipv4_address` gets a dynamic IP, which the guard would
+then "fix" every 5 minutes. The user's compose file stays theirs (never written); each unit
+runs `compose -f <compose_file> -f {config_root}/compose/<name>.override.yml`, and compose
+merges the override into the service whose container_name is the registry's container (or the
+file's only service). `watchme rollout` rewrites the same file with an `image:` pin, recorded
+in /var/lib/watchme/image-pins.json, so a deploy renders the pin back instead of undoing it.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase
+from pyinfra.api.exceptions import DeployError
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files
+
+from watchme import images
+from watchme.network import ComposeFiles
+
+
+class ImagePins(FactBase):
+    """The images `watchme rollout` pinned, {service: ref}; {} when none."""
+
+    def command(self, path: str = images.PINS) -> str:
+        return f"cat {path} 2>/dev/null || echo '{{}}'"
+
+    def process(self, output):
+        return images.parse_pins("\n".join(output))
+
+
+def apply() -> dict[str, OperationMeta]:
+    """Render every enabled service's override; returns {service: operation} so the units
+    restart a running service whose override changed."""
+    d = host.data
+    services = d.registry.enabled_services
+    directory = f"{d.config_root}/compose"
+    compose = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
+    pins = host.get_fact(ImagePins)
+    files.directory(name=f"Compose override directory {directory}", path=directory,
+                    user="root", group="root", mode="755")
+    problems, out = [], {}
+    for s in services:
+        found = compose.get(s.compose_file)
+        if found is None:
+            # A new server: the service's repo is not cloned yet; the unit is not started either.
+            logger.warning(f"{host.print_prefix}{s.name}: no override yet, "
+                           f"{s.compose_file} is not on the host")
+            continue
+        try:
+            target = images.compose_target(found["text"], s.container, d.network_name)
+        except images.ComposeError as e:
+            problems.append(f"services[{s.name}].compose_file: {s.compose_file} {e}")
+            continue
+        text = images.render_override(s, target, s.compose_file, pins.get(s.name))
+        out[s.name] = files.put(
+            name=f"Compose override {s.name} (mem_limit {s.memory_limit}, ip {s.ip or 'dynamic'})",
+            src=StringIO(text), dest=images.override_path(d.config_root, s.name),
+            user="root", group="root", mode="644")
+    if problems:
+        raise DeployError(f"{host.name}: " + "; ".join(problems))
+    return out
