@@ -20,8 +20,9 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from watchme.network import ComposeFiles, create_command, unit_check_pattern
 from watchme.adopt import adopt
+from watchme.images import override_path
+from watchme.network import ComposeFiles, create_command
 from watchme.units import LoadedUnits, UnitFiles, VendorUnits, ours, unit_name
 
 SYSTEM_DIR = "/etc/systemd/system"
@@ -36,7 +37,10 @@ def _owner(unit_of: dict[str, str], unit: str) -> str:
     return next((n for n, u in unit_of.items() if u == unit), unit.removesuffix(".service"))
 
 
-def apply(migrated: dict[str, OperationMeta] | None = None) -> None:
+def apply(migrated: dict[str, OperationMeta] | None = None,
+          overridden: dict[str, OperationMeta] | None = None) -> None:
+    """migrated/overridden: {service name: op} from the compose audit and the override files;
+    a running service restarts when its compose file or its override changed."""
     d = host.data
     unit_dir = f"{d.config_root}/systemd"
     infra = d.infra_unit
@@ -77,15 +81,15 @@ def apply(migrated: dict[str, OperationMeta] | None = None) -> None:
         dest=f"{unit_dir}/{infra}", mode="644", network=d.network_name,
         driver=d.network_driver, subnet=d.network_subnet, gateway=d.network_gateway,
         create=create_command(d.network_name, d.network_driver, d.network_subnet,
-                              d.network_gateway),
-        accepted=unit_check_pattern(d.network_driver, d.network_subnet, d.network_gateway))
+                              d.network_gateway))
     changes.append(infra_tpl)
     for s in services:
         rendered[s.name] = files.template(
             name=f"Unit {unit_of[s.name]}", src="templates/service.unit.j2",
             dest=f"{unit_dir}/{unit_of[s.name]}", mode="644", service=s.name,
             description=_escape(s.description), compose=d.compose_command,
-            compose_file=_escape(s.compose_file), infra_unit=infra, pull=d.compose_pull)
+            compose_file=_escape(s.compose_file), infra_unit=infra, pull=d.compose_pull,
+            override_file=_escape(override_path(d.config_root, s.name)))
         changes.append(rendered[s.name])
     adopted = {}
     for unit in sorted(wanted):
@@ -111,7 +115,8 @@ def apply(migrated: dict[str, OperationMeta] | None = None) -> None:
                            f"{s.compose_file} is not on the host yet")
         start = s.start and exists
         changed = rendered[s.name].will_change or unit in never_loaded or (
-            s.name in (migrated or {}) and migrated[s.name].will_change)
+            s.name in (migrated or {}) and migrated[s.name].will_change) or (
+            s.name in (overridden or {}) and overridden[s.name].will_change)
         # Adopted now: the service runs as the operator started it; no restart (an inactive
         # one is started by running=True).
         adopting = adopted[unit].will_change and unit not in never_loaded

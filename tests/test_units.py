@@ -31,21 +31,22 @@ def render(**kw) -> str:
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     data = {"service": "alpha", "description": "Alpha", "compose": "/usr/bin/docker compose",
             "compose_file": "/srv/a/docker-compose.prod.yml",
-            "infra_unit": "watchme-infrastructure.service", "pull": False, **kw}
+            "infra_unit": "watchme-infrastructure.service", "pull": False,
+            "override_file": "/srv/a/o.yml", **kw}
     return env.get_template("service.unit.j2").render(**data)
 
 
 def test_template_pull_is_optional():
     assert "pull -q" not in render()
-    assert "ExecStartPre=-/usr/bin/docker compose -f /srv/a/docker-compose.prod.yml pull -q" in render(pull=True)
+    assert "ExecStartPre=-/usr/bin/docker compose -f /srv/a/docker-compose.prod.yml -f /srv/a/o.yml pull -q" in render(pull=True)
 
 
 def test_template_orders_after_the_network_and_restarts():
     unit = render()
     assert "After=docker.service watchme-infrastructure.service\n" in unit
     assert "Requires=docker.service watchme-infrastructure.service\n" in unit
-    assert "ExecStart=/usr/bin/docker compose -f /srv/a/docker-compose.prod.yml up\n" in unit
-    assert "ExecStop=/usr/bin/docker compose -f /srv/a/docker-compose.prod.yml down\n" in unit
+    assert "ExecStart=/usr/bin/docker compose -f /srv/a/docker-compose.prod.yml -f /srv/a/o.yml up\n" in unit
+    assert "ExecStop=/usr/bin/docker compose -f /srv/a/docker-compose.prod.yml -f /srv/a/o.yml down\n" in unit
     assert "Restart=always\n" in unit
 
 

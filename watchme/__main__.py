@@ -1,7 +1,7 @@
 """`watchme`: the operator's commands around the pyinfra deploy.
 
     watchme deploy [pyinfra options]   run deploy.py against the inventory's targets
-    watchme rollout [options]          deploy host by host (see `watchme rollout --help`)
+    watchme rollout NAME [--image REF] a new image for one service, health-gated, rolled back on failure
     watchme routes                     every public route and the upstream URL it reaches
     watchme explain URL                the upstream URL nginx will request for one URL
     watchme summary [--markdown]       pyinfra --json output (stdin) as a per-host table

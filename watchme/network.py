@@ -94,11 +94,6 @@ def create_command(name: str, driver: str, subnet: str, gateway: str) -> str:
     return "/usr/bin/" + ensure_command(script_path(), name, driver, subnet, gateway)
 
 
-def unit_check_pattern(driver: str, subnet: str, gateway: str) -> str:
-    """Unused: the unit's check is create_command's --ensure now (tasks/units.py still passes
-    it as `accepted`; drop both there)."""
-    return ""
-
 
 @operation()
 def docker_network(network: str, driver: str, subnet: str, gateway: str, repair: bool = False,
