@@ -150,33 +150,33 @@ class Site:
 
 
 def read_site(trees: dict[str, list[dict]], server_name: str = SITE) -> Site:
-    """The TLS server for server_name (its locations) and whether :80 redirects to it."""
+    """The server for server_name that listens with ssl (else the first one with locations),
+    and whether a plain-HTTP server for it redirects to https."""
     site = Site(server_name)
     http_body = None
+    servers = []  # (file, server block, listens)
     for path, tree in trees.items():
         for d in tree:
             if d["directive"] == "http":
                 http_body = _value(d["block"], "client_max_body_size") or http_body
         for server in _walk_servers(tree):
             block = server["block"]
-            names = [a for d in _find(block, "server_name") for a in d["args"]]
-            if server_name not in names:
-                continue
-            listens = [" ".join(d["args"]) for d in _find(block, "listen")]
-            if any("ssl" in l.split() for l in listens) or not site.locations:
-                if any("ssl" in l.split() for l in listens) or not _find(block, "return"):
-                    site.listen = listens
-                    for key in ("ssl_certificate", "ssl_certificate_key"):
-                        if _value(block, key):
-                            site.tls[key] = _value(block, key)
-                    site.server_body_size = _value(block, "client_max_body_size") or http_body
-                    site.locations = [
-                        Location(path=d["args"][-1], modifier=d["args"][0] if len(d["args"]) > 1 else "",
-                                 block=d.get("block", []), line=d["line"], file=path)
-                        for d in _find(block, "location")]
-            if not any("ssl" in l.split() for l in listens):
-                text = json.dumps(block)
-                site.redirect_http = site.redirect_http or ("https://$host$request_uri" in text)
+            if server_name in [a for d in _find(block, "server_name") for a in d["args"]]:
+                servers.append((path, block, [" ".join(d["args"]) for d in _find(block, "listen")]))
+    tls = [s for s in servers if any("ssl" in l.split() for l in s[2])]
+    main = (tls or [s for s in servers if _find(s[1], "location")] or [None])[0]
+    if main is None:
+        return site
+    path, block, site.listen = main
+    for key in ("ssl_certificate", "ssl_certificate_key"):
+        if _value(block, key):
+            site.tls[key] = _value(block, key)
+    site.server_body_size = _value(block, "client_max_body_size") or http_body
+    site.locations = [Location(path=d["args"][-1], modifier=d["args"][0] if len(d["args"]) > 1 else "",
+                               block=d.get("block", []), line=d["line"], file=path)
+                      for d in _find(block, "location")]
+    site.redirect_http = any("https://$host$request_uri" in json.dumps(s[1])
+                             for s in servers if s not in tls)
     return site
 
 
@@ -556,6 +556,19 @@ def merge(existing_text: str, imported: Imported) -> str:
 
 # ---------------------------------------------------------------- CLI
 
+def _validate(text: str) -> str:
+    """The registry's own checks on what was written ('' when it loads)."""
+    import yaml
+
+    from watchme.registry import RegistryError, load_data
+
+    try:
+        load_data(yaml.safe_load(text))
+    except RegistryError as e:
+        return str(e)
+    return ""
+
+
 def read_live(data: dict | None):
     from watchme import inspect
 
@@ -614,6 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).write_text(text)
     print(f"watchme import: {len(imported.services)} services written to {args.output}",
           file=sys.stderr)
+    invalid = _validate(text)
+    if invalid:
+        print(f"watchme import: {args.output} does not pass the registry checks yet; fix these "
+              f"before deploying:\n{invalid}", file=sys.stderr)
+        return 1
     for n in imported.notes:
         print(f"note: {n}", file=sys.stderr)
     for problem in imported.unexpressed:
