@@ -206,11 +206,12 @@ def _ssh_banner(port: int) -> bool:
 
 
 def start(image: str | None = None, local: bool = False, apt_cache: bool = True,
-          keep: bool = False) -> TestHost:
+          keep: bool = False, boot_timeout: float = 60) -> TestHost:
     """Start a fresh host; SSH is published on a free 127.0.0.1 port chosen by Docker.
 
     image: another image started with the same flags (e.g. a cached production replica).
     keep: never reaped (removed only by `stop NAME`), for hosts an operator starts by hand.
+    boot_timeout: seconds for sshd to come up (an image that starts many services boots slower).
     """
     ensure_docker()
     image = image or build_image()
@@ -244,7 +245,7 @@ def start(image: str | None = None, local: bool = False, apt_cache: bool = True,
                            capture_output=True, text=True)
         return r.stdout.strip() == "active"
 
-    _wait_for(sshd_up, "sshd", 60)
+    _wait_for(sshd_up, "sshd", boot_timeout)
     _wait_for(lambda: _ssh_banner(port), "ssh port", 30)
 
     hdir = STATE_DIR / name

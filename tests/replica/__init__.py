@@ -269,7 +269,8 @@ def build_image() -> str:
 
 def start(keep: bool = False) -> th.TestHost:
     """A fresh replica host from the cached image, ready (every route answers)."""
-    host = th.start(image=build_image(), keep=keep)
+    # Docker and 14 units start with sshd; on a loaded machine that takes minutes
+    host = th.start(image=build_image(), keep=keep, boot_timeout=600)
     try:
         wait_ready(host.name)
     except BaseException:
