@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from watchme import docs
+from tests import replica
+from watchme import docs, importer
 from watchme.registry import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,3 +126,20 @@ def test_mermaid_parses_with_mermaids_own_parser(tmp_path):
     src.write_text(block.replace("    end\n", "", 1))
     r = subprocess.run(["node", str(script), str(src)], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0, "the parser must reject a subgraph without end"
+
+
+def test_docs_of_the_imported_replica(tmp_path):
+    """The overview of what the replica runs (imported from its recorded facts)."""
+    registry = tmp_path / "imported.yaml"
+    assert importer.main(["--facts", str(ROOT / "tests" / "fixtures" / "replica" / "live.json"),
+                          "--output", str(registry), "--allow-unexpressed"]) == 0
+    out = tmp_path / "overview.md"
+    assert docs.main(["--registry", str(registry), "--output", str(out)]) == 0
+    text = out.read_text()
+    block = mermaid_block(text)
+    assert check_mermaid(block) == []
+    for s in replica.services():
+        assert f"`{s.container}`" in text and f"`{s.public_path}`" in text
+        assert f"`http://localhost:{s.port}{s.upstream_path}`" in text
+    assert '"watchme-avatar-uploader (not on watchme-network)"' in block
+    assert "http://localhost:8015/api/scheduler/" in block
