@@ -15,7 +15,7 @@ def curl(host, path: str, scheme: str = "https", extra: str = "") -> tuple[int, 
     r = host.run(replica.curl_command(path, scheme) + extra)
     assert r.rc == 0, r.stderr
     body, _, code = r.stdout.rpartition("\n")
-    return int(code), body
+    return int(code), body.strip()
 
 
 def test_seed_containers_run_on_watchme_network_at_the_seed_ips(host):

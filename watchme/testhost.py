@@ -246,7 +246,7 @@ def start(image: str | None = None, local: bool = False, apt_cache: bool = True,
         return r.stdout.strip() == "active"
 
     _wait_for(sshd_up, "sshd", boot_timeout)
-    _wait_for(lambda: _ssh_banner(port), "ssh port", 30)
+    _wait_for(lambda: _ssh_banner(port), "ssh port", max(30, boot_timeout))
 
     hdir = STATE_DIR / name
     shutil.rmtree(hdir, ignore_errors=True)
