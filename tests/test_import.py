@@ -111,6 +111,8 @@ def test_the_written_registry_validates_and_marks_every_field(tmp_path):
     assert "#   tls_certificate: /etc/letsencrypt/live/api.hey-watch.me/fullchain.pem" in text
     assert "#   tls_certificate_key: /etc/letsencrypt/live/api.hey-watch.me/privkey.pem" in text
     assert "port 80 redirects to https" in text
+    assert "# Note: watchme-network on the host: subnet 172.27.0.0/16, gateway 172.27.0.1, " \
+           "13 containers attached" in text
     assert "location = /health" in text.split("services:")[0]  # reported in the header too
     assert text.count("# from host: proxy_pass") >= len(SERVICES)
     line = next(l for l in text.splitlines() if l.strip().startswith("priority:"))

@@ -329,6 +329,12 @@ def build(live: dict) -> Imported:
             continue
         services.append(_service(loc, target, by_port[target.port], units, by_compose, site))
     _fill_memory(services, notes)
+    for net in live.get("network") or []:
+        cfg = ((net.get("IPAM") or {}).get("Config") or [{}])[0]
+        notes.append(f"{NETWORK} on the host: subnet {cfg.get('Subnet')}, gateway {cfg.get('Gateway')}, "
+                     f"{len(net.get('Containers') or {})} containers attached")
+    if not live.get("network"):
+        notes.append(f"{NETWORK} does not exist on the host")
     return Imported(services, unexpressed, site, notes)
 
 
