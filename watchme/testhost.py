@@ -205,8 +205,14 @@ def _ssh_banner(port: int) -> bool:
         return False
 
 
-def start(image: str | None = None, local: bool = False, apt_cache: bool = True) -> TestHost:
-    """Start a fresh host; SSH is published on a free 127.0.0.1 port chosen by Docker."""
+def start(image: str | None = None, local: bool = False, apt_cache: bool = True,
+          keep: bool = False, boot_timeout: float = 60) -> TestHost:
+    """Start a fresh host; SSH is published on a free 127.0.0.1 port chosen by Docker.
+
+    image: another image started with the same flags (e.g. a cached production replica).
+    keep: never reaped (removed only by `stop NAME`), for hosts an operator starts by hand.
+    boot_timeout: seconds for sshd to come up (an image that starts many services boots slower).
+    """
     ensure_docker()
     image = image or build_image()
     if not local:
@@ -214,7 +220,7 @@ def start(image: str | None = None, local: bool = False, apt_cache: bool = True)
     name = ("watchme-local" if local else f"watchme-test-{uuid.uuid4().hex[:8]}")
     subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True)
     # The local host is kept for the operator; a test's host dies with its test run.
-    owner = "local" if local else str(os.getpid())
+    owner = "local" if local or keep else str(os.getpid())
     flags = list(RUN_FLAGS)
     if apt_cache:
         # Share downloaded .deb files between hosts: each host still installs everything
@@ -239,8 +245,8 @@ def start(image: str | None = None, local: bool = False, apt_cache: bool = True)
                            capture_output=True, text=True)
         return r.stdout.strip() == "active"
 
-    _wait_for(sshd_up, "sshd", 60)
-    _wait_for(lambda: _ssh_banner(port), "ssh port", 30)
+    _wait_for(sshd_up, "sshd", boot_timeout)
+    _wait_for(lambda: _ssh_banner(port), "ssh port", max(30, boot_timeout))
 
     hdir = STATE_DIR / name
     shutil.rmtree(hdir, ignore_errors=True)
