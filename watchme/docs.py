@@ -16,10 +16,12 @@ import re
 import sys
 from pathlib import Path
 
-from watchme.registry import GATEWAY, HOST_MEMORY_MIB, NETWORK, OS_RESERVE_MIB, Registry, \
-    RegistryError, load
+from watchme.registry import Registry, RegistryError, load
+from watchme.settings import Settings
 
-SITE = "api.hey-watch.me"
+_S = Settings()  # group_data/all.py's defaults: the same values the deploy validates
+SITE, NETWORK, GATEWAY = _S.server_name, _S.network_subnet, _S.network_gateway
+HOST_MEMORY_MIB, OS_RESERVE_MIB = _S.host_memory_mib, _S.memory_os_reserve_mib
 
 
 def node_id(prefix: str, name: str) -> str:

@@ -426,7 +426,10 @@ def _service(loc: Location, target: Proxy, c: dict, units: dict, by_compose: dic
 
 def _fill_memory(services: list[dict], notes: list[str]) -> None:
     """Containers without a limit get an assumed share of what the budget leaves."""
-    from watchme.registry import HOST_MEMORY_MIB, OS_RESERVE_MIB
+    from watchme.settings import Settings
+
+    defaults = Settings()
+    HOST_MEMORY_MIB, OS_RESERVE_MIB = defaults.host_memory_mib, defaults.memory_os_reserve_mib
 
     def mib(v: str) -> int:
         return int(v[:-1]) * (1024 if v[-1] == "g" else 1)
