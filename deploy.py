@@ -3,13 +3,11 @@
     pyinfra -y inventory.py deploy.py            # see README.md
 """
 
-from watchme import prefetch
 from tasks import bootstrap, connection, lock, disk, memory, monitor, network, nginx, units
 
 connection.tune()
-bootstrap.preflight()  # distro and sudo, before anything uses sudo
-lock.acquire()  # one deploy at a time: fails at once if another holds the host
-prefetch.install()  # after the lock: one round trip for the facts the last run read
+lock.acquire()  # one round trip: the lock, the last deploy's record, the planned facts
+bootstrap.preflight()  # distro and sudo (served by the lock's round trip), before any change
 memory.check()  # before any change: refuse a registry the host cannot hold
 bootstrap.apply()
 units.apply(network.apply())  # the network (and compose audit) before the units

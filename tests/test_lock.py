@@ -18,11 +18,39 @@ LOCK = f"{wl.LOCK_DIR}/deploy.lock"
 
 # Unit: the remote script and what it prints ------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["take", "check", "release"])
+@pytest.mark.parametrize("mode", wl.MODES)
 def test_script_is_valid_sh(mode):
-    p = subprocess.run(["sh", "-n", "-c", wl.script(mode, holder={"by": "x"})],
+    for text in (wl.script(mode, holder={"by": "x"}, plan="F 1 '{}' 'true'\n"),
+                 wl.opening(mode, holder={"by": "x"})):
+        p = subprocess.run(["sh", "-n", "-c", text], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+
+
+def test_plan_reaches_the_host_packed_and_verbatim():
+    plan = "F 1 '{\"a\": 1}' 'echo $(id) `x`'\n" * 50
+    head = wl.script("release", plan=plan).split("\n", 1)[0]
+    p = subprocess.run(["sh", "-c", head + 'printf "%s" "$PLAN" | base64 -d | gzip -dc'],
                        capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    assert p.stdout == plan
+
+
+def test_split_separates_lock_lines_from_fact_answers():
+    assert wl.split(["status=taken", wl.FACTS, "@@watchme-fact 0 {}", "a=b"]) == (
+        ["status=taken"], ["@@watchme-fact 0 {}", "a=b"])
+    assert wl.split(["status=no-sudo"]) == (["status=no-sudo"], [])
+
+
+def test_older_commit_is_judged_by_git_ancestry():
+    from tasks.lock import older
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    parent = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    assert older(parent[:7], head[:7] + "-dirty")
+    assert not older(head[:7], parent[:7])
+    assert not older(head[:7], head[:7])
+    assert not older(head[:7], "0123abc")  # unknown to this checkout (a shallow clone)
+    assert not older("unknown", head)
 
 
 def test_holder_reaches_the_host_verbatim():
