@@ -116,7 +116,7 @@ def acquire() -> None:
     """Take this host's deploy lock now (a dry run only looks) and serve the planned facts."""
     mode = "check" if _dry() else "take"
     me = wl.holder()
-    p = prefetch.install(host, host.state)
+    p = prefetch.install()
     wait = int(host.data.get("lock_wait_seconds", 0) or 0)
     ok, out, fact_lines, err = _run(host, mode, holder=me, wait=wait, facts=p is not None)
     if out.get("status") == "no-sudo":

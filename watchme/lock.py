@@ -159,12 +159,21 @@ def split(lines: list[str]) -> tuple[list[str], list[str]]:
     return lines, []
 
 
+# The remote work must not depend on the connection: its output goes to files and is
+# printed when it ends, and HUP/PIPE are ignored, so a dropped connection neither kills it
+# (SIGPIPE on its next write) nor releases the lock before it ends.
+HOLD = ('o=$(mktemp) && e=$(mktemp) || exit 1; trap "" HUP PIPE; ( {command} ) >"$o" 2>"$e"; '
+        'rc=$?; cat "$o"; cat "$e" >&2; rm -f "$o" "$e"; exit $rc')
+
+
 def hold(command):
     """A changing command, run so that it holds the deploy's work lock while it runs."""
     from pyinfra.api import QuoteString, StringCommand
     if isinstance(command, str):
         command = StringCommand(command)
-    return StringCommand("flock", "-s", WORK, "sh", "-c", QuoteString(command))
+    before, after = HOLD.split("{command}")
+    inner = StringCommand(before, command, after, separator="")
+    return StringCommand("flock", "-s", WORK, "sh", "-c", QuoteString(inner))
 
 
 def parse(lines: list[str]) -> dict:

@@ -258,7 +258,8 @@ class Prefetch:
 
 def install(host=None, state=None) -> Prefetch | None:
     """Wrap this host's fact reads and commands (tasks/lock.py calls it before the lock)."""
-    host, state = host or ctx_host.get(), state or ctx_state.get()
+    host = ctx_host.get() if host is None else host
+    state = ctx_state.get() if state is None else state
     existing = getattr(host, "_watchme_prefetch", None)
     if existing or os.environ.get("WATCHME_NO_PREFETCH"):
         return existing
