@@ -94,8 +94,8 @@ def _save_local(name: str, last_deploy: dict | None, lock_holder: dict | None) -
 def older(local: str, deployed: str | None, cwd=wl.ROOT) -> bool:
     """Whether commit `local` is a strict ancestor of `deployed` (unknown commits: no)."""
     local, deployed = (local or "").removesuffix("-dirty"), (deployed or "").removesuffix("-dirty")
-    if not local or not deployed or "unknown" in (local, deployed):
-        return False
+    if not local or not deployed or "unknown" in (local, deployed) or local == deployed:
+        return False  # the usual no-op: the same commit again, no git call needed
     try:
         shas = []
         for ref in (local, deployed):
