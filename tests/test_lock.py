@@ -347,3 +347,17 @@ def test_without_sudo_the_preflight_refuses(first_run, deploy, host, testhost):
 @pytest.mark.e2e
 def test_second_run_changes_nothing(first_run, deploy):
     assert_idempotent(deploy)
+
+
+def test_held_work_keeps_the_lock_and_its_output(tmp_path):
+    """A wrapped command holds the work lock while it runs and gives back its output/rc."""
+    from pyinfra.api import QuoteString, StringCommand
+    work = str(tmp_path / "deploy.work")
+    cmd = wl.hold(StringCommand("sleep 1; echo", QuoteString("a'b"), "; echo err >&2; exit 3"))
+    text = cmd.get_raw_value().replace(wl.WORK, work)
+    p = subprocess.Popen(["sh", "-c", text], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)
+    assert subprocess.run(["flock", "-n", "-x", work, "true"]).returncode == 1  # held
+    out, err = p.communicate(timeout=10)
+    assert (p.returncode, out, err) == (3, "a'b\n", "err\n")
+    assert subprocess.run(["flock", "-n", "-x", work, "true"]).returncode == 0
