@@ -37,6 +37,34 @@ def run_on(host, mode: str, force: bool) -> dict:
     return out
 
 
+def connect(data: dict):
+    """pyinfra's CLI order: a State in context, the inventory with group data, connect."""
+    import os
+
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.context import ctx_inventory, ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    root = str(wl.ROOT)
+    state = State(check_for_changes=False)
+    state.cwd = root
+    ctx_state.set(state)
+    cwd = os.getcwd()
+    os.chdir(root)  # group_data/ and inventory.py resolve relative to the project
+    try:
+        inventory = make_inventory(os.path.join(root, "inventory.py"), cwd=root,
+                                   override_data=data)
+        ctx_inventory.set(inventory)
+        state.init(inventory, Config(FAIL_PERCENT=100))
+        connect_all(state)
+    finally:
+        os.chdir(cwd)
+    active = {h.name for h in state.inventory.get_active_hosts()}
+    return state, {h.name: "could not connect (see the log above)" for h in inventory
+                   if h.name not in active}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="watchme unlock", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,15 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--show", action="store_true", help="only show the holder")
     ap.add_argument("--data", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
+    from pyinfra.context import ctx_host
+
     from watchme import inspect
 
-    state, failed = inspect.connect(inspect.parse_data(args.data))
+    state, failed = connect(inspect.parse_data(args.data))
     rc = 0
     for name, why in failed.items():
         print(f"{name}: {why}", file=sys.stderr)
         rc = 1
     for host in state.inventory.get_active_hosts():
-        out = run_on(host, "show" if args.show else "break", args.force)
+        with ctx_host.use(host):
+            out = run_on(host, "show" if args.show else "break", args.force)
         status = out.get("status")
         if status == "error":
             print(f"{host.name}: could not read the lock: {out['error']}", file=sys.stderr)
