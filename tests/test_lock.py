@@ -221,7 +221,7 @@ def test_remote_work_holds_the_lock_after_its_session_ended(first_run, host, tes
     """A dead session but a command still running under the work lock: the lock is live."""
     _write_lock(testhost, 999999, "1", {"by": "bob@ci", "commit": "c0ffee1", "since": wl.now()})
     worker = subprocess.Popen(["docker", "exec", testhost.name, "flock", "-s", wl.WORK,
-                               "sleep", "8"])
+                               "sleep", "45"])
     try:
         time.sleep(1)
         run = deploy()
@@ -231,11 +231,11 @@ def test_remote_work_holds_the_lock_after_its_session_ended(first_run, host, tes
         refused = _unlock(testhost_env)
         assert refused.returncode == 1 and "not broken" in refused.stderr, refused.stderr
         assert host.file(LOCK).exists
-        waited = deploy("--data", "lock_wait_seconds=60")  # polls on the host until sleep ends
+        waited = deploy("--data", "lock_wait_seconds=120")  # polls on the host until sleep ends
         assert waited.rc == 0, waited.stderr[-3000:]
         assert "waited " in waited.stderr and "took over the deploy lock left by bob@ci" in waited.stderr
     finally:
-        worker.wait(timeout=30)
+        worker.wait(timeout=120)
         host.run(f"rm -f {LOCK}")
 
 
