@@ -5,15 +5,14 @@
 
 from pyinfra import host
 
-from watchme import prefetch, settings
+from watchme import settings
 from tasks import (bootstrap, connection, disk, guard, images, lock, memory, network, nginx,
                    overrides, tls, units)
 
 settings.require(host)  # the effective settings and registry, before any command
 connection.tune()
-profile = bootstrap.preflight()  # distro and sudo, before anything uses sudo (one read)
-lock.acquire()  # one deploy at a time: fails at once if another holds the host
-prefetch.install()  # after the lock: one round trip for the facts the last run read
+lock.acquire()  # one round trip: the lock, the last deploy's record, the planned facts
+profile = bootstrap.preflight()  # distro and sudo (served by the lock's round trip), before any change
 memory.check()  # before any change: refuse a registry the host cannot hold
 bootstrap.apply(profile)  # installs only what is missing in every form
 images.apply()  # root's Docker client pulls from ECR through the credential helper

@@ -5,24 +5,56 @@ from __future__ import annotations
 import json
 import os
 import signal
+import runpy
+import shlex
 import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.conftest import PYINFRA, ROOT, Run, assert_idempotent
+from tests.conftest import PYINFRA, ROOT, Run, assert_idempotent, run_deploy
 from watchme import lock as wl
 
 LOCK = f"{wl.LOCK_DIR}/deploy.lock"
+CONFIG_ROOT = runpy.run_path(str(ROOT / "group_data" / "all.py"))["config_root"]
 
 
 # Unit: the remote script and what it prints ------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["take", "check", "release"])
+@pytest.mark.parametrize("mode", wl.MODES)
 def test_script_is_valid_sh(mode):
-    p = subprocess.run(["sh", "-n", "-c", wl.script(mode, holder={"by": "x"})],
+    for text in (wl.script(mode, holder={"by": "x"}, plan="F 1 '{}' 'true'\n"),
+                 wl.opening(mode, holder={"by": "x"})):
+        p = subprocess.run(["sh", "-n", "-c", text], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+
+
+def test_plan_reaches_the_host_packed_and_verbatim():
+    plan = "F 1 '{\"a\": 1}' 'echo $(id) `x`'\n" * 50
+    head = wl.script("release", plan=plan).split("\n", 1)[0]
+    p = subprocess.run(["sh", "-c", head + 'printf "%s" "$PLAN" | base64 -d | gzip -dc'],
                        capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    assert p.stdout == plan
+
+
+def test_split_separates_lock_lines_from_fact_answers():
+    assert wl.split(["status=taken", wl.FACTS, "@@watchme-fact 0 {}", "a=b"]) == (
+        ["status=taken"], ["@@watchme-fact 0 {}", "a=b"])
+    assert wl.split(["status=no-sudo"]) == (["status=no-sudo"], [])
+
+
+def test_older_commit_is_judged_by_git_ancestry():
+    from tasks.lock import older
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    parent = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    assert older(parent[:7], head[:7] + "-dirty")
+    assert not older(head[:7], parent[:7])
+    assert not older(head[:7], head[:7])
+    assert not older(head[:7], "0123abc")  # unknown to this checkout (a shallow clone)
+    assert not older("unknown", head)
 
 
 def test_holder_reaches_the_host_verbatim():
@@ -144,27 +176,141 @@ def test_two_deploys_at_once_one_runs(first_run, host, testhost_env):
     assert _record(host)["status"] == "ok"
 
 
+def _unlock(testhost_env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "watchme.unlock", *args], cwd=ROOT,
+                          env=_env(testhost_env), capture_output=True, text=True, timeout=120)
+
+
+def _write_lock(testhost, pid: int, start: str, holder: dict) -> None:
+    subprocess.run(["docker", "exec", "-i", testhost.name, "sh", "-c",
+                    f"mkdir -p {wl.LOCK_DIR} && cat > {LOCK}"],
+                   input=f"{pid} {start}\n{json.dumps(holder)}\n", text=True, check=True)
+
+
 @pytest.mark.e2e
-def test_killed_deploy_lock_is_taken_over(first_run, host, testhost_env, deploy):
-    host.run("rm -rf /home/ubuntu/watchme-server-configs")
+def test_deploy_killed_after_changes_started_is_taken_over(first_run, host, testhost_env, deploy):
+    """SIGKILL of pyinfra while apt installs (changes already made): the apt run goes on
+    holding the lock; the next deploy waits for it, takes the lock over and converges."""
+    host.run(f"apt-get remove -y -qq curl && rm -rf {CONFIG_ROOT}")
     p = _start(testhost_env)
     assert p.stderr is not None
-    for line in p.stderr:  # kill it once it is running operations, holding the lock
-        if line.startswith("--> Beginning operation run"):
+    changed = False
+    for line in p.stderr:
+        changed = changed or line.strip().endswith("] Success")
+        if changed and line.startswith("--> Starting operation: Install "):
+            time.sleep(1)  # apt is running on the host now
             p.send_signal(signal.SIGKILL)
             break
     p.wait(timeout=60)
-    assert p.returncode == -signal.SIGKILL
+    assert changed and p.returncode == -signal.SIGKILL
     pid = host.file(LOCK).content_string.split()[0]
-    deadline = time.monotonic() + 10
-    while host.file(f"/proc/{pid}").exists and time.monotonic() < deadline:
-        time.sleep(0.2)  # sshd notices the closed connection
-    assert not host.file(f"/proc/{pid}").exists, "the killed deploy's sshd session lives on"
-    run = deploy()
+    run = deploy("--data", "lock_wait_seconds=600")
     assert run.rc == 0, run.stderr[-3000:]
     assert "took over the deploy lock left by " in run.stderr
-    assert host.file("/home/ubuntu/watchme-server-configs").is_directory
+    assert not host.file(f"/proc/{pid}").exists, "the killed deploy's sshd session lives on"
+    assert host.package("curl").is_installed
+    assert host.file(CONFIG_ROOT).is_directory
     assert not host.file(LOCK).exists
+    assert _record(host)["status"] == "ok"
+    assert_idempotent(deploy)
+
+
+@pytest.mark.e2e
+def test_remote_work_holds_the_lock_after_its_session_ended(first_run, host, testhost, deploy,
+                                                            testhost_env):
+    """A dead session but a command still running under the work lock: the lock is live."""
+    _write_lock(testhost, 999999, "1", {"by": "bob@ci", "commit": "c0ffee1", "since": wl.now()})
+    worker = subprocess.Popen(["docker", "exec", testhost.name, "flock", "-s", wl.WORK,
+                               "sleep", "45"])
+    try:
+        time.sleep(1)
+        run = deploy()
+        assert run.rc != 0
+        assert "another deploy holds the lock: bob@ci" in run.last_line
+        assert "its remote work is still running" in run.last_line
+        refused = _unlock(testhost_env)
+        assert refused.returncode == 1 and "not broken" in refused.stderr, refused.stderr
+        assert host.file(LOCK).exists
+        waited = deploy("--data", "lock_wait_seconds=120")  # polls on the host until sleep ends
+        assert waited.rc == 0, waited.stderr[-3000:]
+        assert "waited " in waited.stderr and "took over the deploy lock left by bob@ci" in waited.stderr
+    finally:
+        worker.wait(timeout=120)
+        host.run(f"rm -f {LOCK}")
+
+
+@pytest.mark.e2e
+def test_unlock_shows_and_breaks_a_stale_lock_and_a_live_one_only_forced(first_run, host,
+                                                                       testhost, testhost_env):
+    _write_lock(testhost, 999999, "1", {"by": "carol@laptop", "commit": "abc", "since": wl.now()})
+    shown = _unlock(testhost_env, "--show")
+    assert shown.returncode == 0, shown.stderr
+    assert "locked by carol@laptop, commit abc" in shown.stdout and "stale" in shown.stdout
+    assert host.file(LOCK).exists
+    broke = _unlock(testhost_env)
+    assert broke.returncode == 0 and "broke the lock" in broke.stdout, broke.stderr
+    assert not host.file(LOCK).exists
+    start = host.check_output("sed 's/.*) //' /proc/1/stat | cut -d' ' -f20")
+    _write_lock(testhost, 1, start, {"by": "dave@laptop", "commit": "abc", "since": wl.now()})
+    try:
+        refused = _unlock(testhost_env)
+        assert refused.returncode == 1 and "SSH session (pid 1) is alive" in refused.stderr
+        assert host.file(LOCK).exists
+        forced = _unlock(testhost_env, "--force")
+        assert forced.returncode == 0 and "broke the lock" in forced.stdout
+        assert not host.file(LOCK).exists
+    finally:
+        host.run(f"rm -f {LOCK}")
+
+
+@pytest.mark.e2e
+def test_older_commit_stops_unless_allowed(first_run, host, deploy):
+    """The record names a commit whose parent is this checkout: this deploy is older."""
+    newer = subprocess.run(["git", "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "newer"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    record = _record(host)
+    host.run(f"echo {shlex.quote(json.dumps({**record, 'commit': newer[:7]}))} > {wl.RECORD}")
+    run = deploy()
+    assert run.rc != 0 and run.stdout == ""
+    assert f"is older than the last deployed commit {newer[:7]}" in run.last_line
+    assert "--data allow_older=true" in run.last_line
+    assert not host.file(LOCK).exists, "a refused deploy kept the lock"
+    dry = deploy("--dry")
+    assert dry.rc == 0 and "is older than the last deployed commit" in dry.stderr
+    allowed = deploy("--data", "allow_older=true")
+    assert allowed.rc == 0, allowed.stderr[-3000:]
+    assert _record(host)["commit"] == wl.commit()
+
+
+@pytest.mark.e2e
+def test_fact_plan_lives_on_the_host_and_a_fresh_checkout_uses_it(first_run, host, deploy,
+                                                                  testhost_env, tmp_path):
+    """No local state at all (HOME elsewhere): the no-op reads its facts with the lock."""
+    assert deploy().rc == 0
+    plan = host.file("/var/lib/watchme/fact-plan.sh")
+    assert plan.mode == 0o600 and plan.user == "root"
+    run = run_deploy({**testhost_env, "HOME": str(tmp_path), "WATCHME_RECORD_DIR": str(tmp_path)},
+                     "--debug")
+    assert run.rc == 0, run.stderr[-3000:]
+    assert run.stderr.count("Running command on ") == 2  # lock + facts, release + record
+    assert "prefetched " in run.stderr
+    facts = json.loads(next(tmp_path.glob("*.facts.json")).read_text())
+    assert facts["version"] == 1 and len(facts["facts"]) > 50
+    assert all(set(f) == {"command", "executor", "rc", "stdout"} for f in facts["facts"])
+
+
+@pytest.mark.e2e
+def test_a_deploy_that_changes_things_reads_live_after_the_change(first_run, host, deploy):
+    """Served facts stop at the first change: a unit edited by hand is put back, and the
+    unit's enable/restart that depend on the rewritten file see the new state."""
+    unit = host.check_output(f"ls {CONFIG_ROOT}/systemd/*.service | grep -v infrastructure | head -n1")
+    host.run(f"sed -i 's/^Description=.*/Description=edited by hand/' {unit}")
+    host.run(f"rm -rf {CONFIG_ROOT}/nginx")
+    run = deploy()
+    assert run.rc == 0, run.stderr[-3000:]
+    assert "Description=edited by hand" not in host.file(unit).content_string
+    assert host.file(f"{CONFIG_ROOT}/nginx").is_directory
+    assert_idempotent(deploy)
 
 
 @pytest.mark.e2e
@@ -201,3 +347,17 @@ def test_without_sudo_the_preflight_refuses(first_run, deploy, host, testhost):
 @pytest.mark.e2e
 def test_second_run_changes_nothing(first_run, deploy):
     assert_idempotent(deploy)
+
+
+def test_held_work_keeps_the_lock_and_its_output(tmp_path):
+    """A wrapped command holds the work lock while it runs and gives back its output/rc."""
+    from pyinfra.api import QuoteString, StringCommand
+    work = str(tmp_path / "deploy.work")
+    cmd = wl.hold(StringCommand("sleep 1; echo", QuoteString("a'b"), "; echo err >&2; exit 3"))
+    text = cmd.get_raw_value().replace(wl.WORK, work)
+    p = subprocess.Popen(["sh", "-c", text], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)
+    assert subprocess.run(["flock", "-n", "-x", work, "true"]).returncode == 1  # held
+    out, err = p.communicate(timeout=10)
+    assert (p.returncode, out, err) == (3, "a'b\n", "err\n")
+    assert subprocess.run(["flock", "-n", "-x", work, "true"]).returncode == 0

@@ -1,13 +1,18 @@
-"""watchme/prefetch.py: batched answers are exact, and are dropped at the first change."""
+"""watchme/prefetch.py: planned answers are exact, dropped at the first change, and recorded."""
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
+import subprocess
 from types import SimpleNamespace
 
 import pytest
 from pyinfra.api import FactBase
 from pyinfra.facts.files import Sha1File
 
+from watchme import lock as wl
 from watchme import prefetch
 
 
@@ -24,74 +29,124 @@ class FakeHost:
     data = SimpleNamespace(get=lambda key, default=None: "ubuntu")
 
 
-@pytest.fixture
-def pf(monkeypatch, tmp_path):
-    monkeypatch.setattr(prefetch, "PLAN_DIR", tmp_path)
-    monkeypatch.setattr(prefetch, "_handle_fact_kwargs",
-                        lambda state, host, cls, args, kwargs: (dict(kwargs), {"_sudo": True}))
-    p = prefetch.Prefetch(SimpleNamespace(), FakeHost())
-    p.live_reads, p.commands = [], []
+def wire(p: prefetch.Prefetch, live_reads: list, commands: list) -> prefetch.Prefetch:
+    """A fake pyinfra host under the wrapper: live reads run through run_shell_command."""
+    p.live_reads, p.commands = live_reads, commands
 
     def live(cls, *args, **kwargs):
         p.live_reads.append((cls.__name__, kwargs))
+        # as pyinfra does: the fact's command through host.run_shell_command, then process
+        p.run_shell_command(prefetch.StringCommand(prefetch._fact_command(cls(), kwargs)))
         return f"live {kwargs}"
 
     def run(command, **kwargs):
         p.commands.append(command.get_raw_value())
-        lines = p.batch_output if p.reading else []  # only the batch prints facts
-        return True, SimpleNamespace(stdout_lines=lines)
+        return True, SimpleNamespace(stdout_lines=["out"])
 
     p._orig_get_fact, p._orig_run, p._orig_put = live, run, lambda *a, **k: True
     return p
 
 
-def test_first_run_reads_live_and_records_the_plan(pf):
-    assert pf.get_fact(Echo, word="a") == "live {'word': 'a'}"
-    pf.save_plan()
-    assert pf.load_plan() == [["tests.test_prefetch", "Echo", {"word": "a"}, {"_sudo": True}]]
+@pytest.fixture
+def pf(monkeypatch):
+    monkeypatch.setattr(prefetch, "_handle_fact_kwargs",
+                        lambda state, host, cls, args, kwargs: (dict(kwargs), {"_sudo": True}))
+    return wire(prefetch.Prefetch(SimpleNamespace(), FakeHost()), [], [])
 
 
-def test_planned_facts_come_from_one_command_with_each_facts_own_process(pf):
+def host_output(plan: str) -> list[str]:
+    """Run a plan the way the lock script does on the host (the F function, as root)."""
+    f = wl.SCRIPT[wl.SCRIPT.index("F() {{"):wl.SCRIPT.index("}}\nif [")].replace("{{", "{").replace("}}", "}")
+    p = subprocess.run(["sh", "-c", f + "}\n" + plan], capture_output=True, text=True, check=True)
+    return p.stdout.splitlines()
+
+
+def replan(pf) -> prefetch.Prefetch:
+    """The next run: a fresh Prefetch fed with what the host printed for the saved plan."""
+    nxt = wire(prefetch.Prefetch(pf.state, pf.host), pf.live_reads, [])
+    nxt.serve(host_output(pf.plan_text()))
+    return nxt
+
+
+def test_plan_lines_are_the_facts_own_commands_quoted(pf):
+    pf.get_fact(Echo, word="a'b $(id)")
+    lines = pf.plan_text().splitlines()
+    assert lines[0].startswith("# watchme fact plan v1")
+    f, sudo, identity, command = shlex.split(lines[1])
+    assert (f, sudo, command) == ("F", "1", "echo a'b $(id)")
+    assert json.loads(identity)["fact"] == ["tests.test_prefetch", "Echo", {"word": "a'b $(id)"},
+                                            {"_sudo": True}]
+
+
+def test_planned_facts_are_served_with_each_facts_own_process(pf, tmp_path):
     pf.get_fact(Echo, word="a")
-    pf.get_fact(Sha1File, path="/etc/x")
-    pf.save_plan()
-    pf.batch_output = ["@@watchme-fact 0 0", "a", "@@watchme-fact 1 0",
-                       "0123456789abcdef0123456789abcdef01234567  /etc/x"]
+    pf.get_fact(Sha1File, path=str(tmp_path / "missing"))
+    nxt = replan(pf)
     pf.live_reads.clear()
-    pf.prefetch()
-    assert len(pf.commands) == 1 and "echo a" in pf.commands[0] and "sha1sum" in pf.commands[0]
-    assert pf.get_fact(Echo, word="a") == "A"
-    assert pf.get_fact(Sha1File, path="/etc/x") == "0123456789abcdef0123456789abcdef01234567"
-    assert pf.live_reads == []
+    assert nxt.get_fact(Echo, word="a") == "A"
+    assert nxt.get_fact(Sha1File, path=str(tmp_path / "missing")) is None
+    assert pf.live_reads == [] and nxt.commands == []
+
+
+def test_a_command_built_differently_is_not_served(pf):
+    pf.get_fact(Echo, word="a")
+    out = host_output(pf.plan_text())
+    out = [re.sub(r'"sha": "\w+"', '"sha": "0000"', line) for line in out]
+    nxt = replan(pf)
+    nxt.answers.clear()
+    nxt.serve(out)
+    pf.live_reads.clear()
+    assert nxt.get_fact(Echo, word="a") == "live {'word': 'a'}"
 
 
 def test_a_change_drops_every_answer(pf):
     pf.get_fact(Echo, word="a")
-    pf.save_plan()
-    pf.batch_output = ["@@watchme-fact 0 0", "a"]
-    pf.prefetch()
-    pf.run_shell_command(prefetch.StringCommand("touch /etc/x"))  # an operation's command
-    assert pf.get_fact(Echo, word="a") == "live {'word': 'a'}"
+    nxt = replan(pf)
+    nxt.run_shell_command(prefetch.StringCommand("touch /etc/x"))  # an operation's command
+    assert nxt.get_fact(Echo, word="a") == "live {'word': 'a'}"
 
 
 def test_an_upload_drops_every_answer(pf):
     pf.get_fact(Echo, word="a")
-    pf.save_plan()
-    pf.batch_output = ["@@watchme-fact 0 0", "a"]
-    pf.prefetch()
-    pf.put_file("local", "/etc/x")
-    assert pf.get_fact(Echo, word="a") == "live {'word': 'a'}"
+    nxt = replan(pf)
+    nxt.put_file("local", "/etc/x")
+    assert nxt.get_fact(Echo, word="a") == "live {'word': 'a'}"
 
 
-def test_failed_fact_in_the_batch_is_read_live(pf):
-    pf.get_fact(Echo, word="a")
-    pf.save_plan()
-    pf.batch_output = ["@@watchme-fact 0 1"]
-    pf.prefetch()
-    assert pf.get_fact(Echo, word="a") == "live {'word': 'a'}"
-
-
-def test_unplanned_fact_is_read_live(pf):
-    pf.batch_output = []
-    pf.prefetch()
+def test_a_live_answer_is_kept_until_the_first_change(pf):
     assert pf.get_fact(Echo, word="b") == "live {'word': 'b'}"
+    assert pf.get_fact(Echo, word="b") == "live {'word': 'b'}"
+    assert len(pf.live_reads) == 1
+    pf.run_shell_command(prefetch.StringCommand("touch /etc/x"))
+    pf.get_fact(Echo, word="b")
+    assert len(pf.live_reads) == 2
+
+
+def test_failed_fact_on_the_host_is_read_live(pf):
+    pf.get_fact(Echo, word="a")
+    nxt = wire(prefetch.Prefetch(pf.state, pf.host), pf.live_reads, [])
+    identity = shlex.split(pf.plan_text().splitlines()[1])[2]
+    nxt.serve([f"@@watchme-fact 1 {identity}"])
+    pf.live_reads.clear()
+    assert nxt.get_fact(Echo, word="a") == "live {'word': 'a'}"
+
+
+def test_other_connector_arguments_stay_out_of_the_plan():
+    assert prefetch.runnable({"_sudo": True, "_sudo_user": None, "_env": {}, "_shell_executable": "sh"})
+    assert prefetch.runnable({"_sudo": False})
+    assert not prefetch.runnable({"_sudo": True, "_sudo_user": "postgres"})
+    assert not prefetch.runnable({"_sudo": False, "_env": {"A": "1"}})
+    assert not prefetch.runnable({"_sudo": False, "_chdir": "/tmp"})
+
+
+def test_fact_record_has_every_fact_read_batched_and_live(pf, tmp_path):
+    pf.get_fact(Echo, word="a")
+    nxt = replan(pf)
+    nxt.get_fact(Echo, word="a")  # batched
+    nxt.get_fact(Echo, word="c")  # live
+    path = nxt.save_record(str(tmp_path))
+    assert path.name == "fake_22.facts.json"
+    rec = json.loads(path.read_text())
+    assert rec["version"] == 1 and rec["host"] == "fake:22"
+    assert {"command": "echo a", "executor": {"_sudo": True}, "rc": 0, "stdout": ["a"]} in rec["facts"]
+    assert {"command": "echo c", "executor": {"_sudo": True}, "rc": 0, "stdout": ["out"]} in rec["facts"]

@@ -122,3 +122,11 @@ def test_records_show_lock_holder(tmp_path):
 def test_bad_input_is_a_usage_error(text, error):
     p = _cli(stdin=text)
     assert p.returncode == 2 and error in p.stderr
+
+
+def test_fact_records_beside_the_lock_records_are_not_lock_records(tmp_path):
+    (tmp_path / "h.json").write_text(json.dumps({"host": "h", "last_deploy": {"status": "ok"},
+                                                 "lock": None}))
+    (tmp_path / "h.zz.facts.json").write_text(json.dumps({"version": 1, "host": "h", "facts": []}))
+    assert sm.load_records(str(tmp_path)) == {"h": {"host": "h", "last_deploy": {"status": "ok"},
+                                                    "lock": None}}

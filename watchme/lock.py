@@ -6,12 +6,21 @@ unit-tested without a host.
 On the host (all root-owned):
     /run/watchme/deploy.lock          "<sshd pid> <its start time>" then the holder (JSON)
     /run/watchme/deploy.lock.guard    flock(1) target: makes check-and-take atomic
+    /run/watchme/deploy.work          flock(1) target: every command a deploy runs to change
+                                      the host holds it shared while it runs (0644)
     /var/lib/watchme/last-deploy.json the record of the last deploy that reached its end
+    /var/lib/watchme/fact-plan.sh     the fact plan (watchme/prefetch.py), 0600
+
+The lock is live while its deploy's SSH session process lives *or* while any of its remote
+commands still runs (one holds deploy.work): a long remote step (the Nginx safe cycle, an
+apt run) keeps the lock after the connection drops, until the step ends.
 """
 
 from __future__ import annotations
 
+import base64
 import getpass
+import gzip
 import json
 import os
 import shlex
@@ -23,41 +32,72 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_DIR = "/run/watchme"  # tmpfs: a reboot ends every session, so it ends every lock too
 RECORD = "/var/lib/watchme/last-deploy.json"
+PLAN = "/var/lib/watchme/fact-plan.sh"
+WORK = f"{LOCK_DIR}/deploy.work"
+MODES = ("take", "check", "release", "drop", "show", "break")
+FACTS = "@@watchme-facts"  # after this line: the planned facts' answers (watchme/prefetch.py)
 
-# MODE is take, check or release. The lock's owner is this SSH connection's sshd session
-# process (`sshd: user@notty`, or `sshd-session` from OpenSSH 9.8 on): the nearest sshd
-# ancestor of this shell. It lives exactly as long as pyinfra's one connection, so a lock
-# whose process is gone (or whose pid now names another process: start times differ)
-# belongs to a deploy that ended without releasing it, and is stale.
+# Runs as root. MODE: take | check (a dry run) | release (record + plan) | drop (give the
+# lock back, no record) | show / break (`watchme unlock`). The lock's owner is this SSH
+# connection's sshd session process (`sshd: user@notty`, or `sshd-session` from OpenSSH
+# 9.8 on): the nearest sshd ancestor of this shell. It lives exactly as long as pyinfra's
+# one connection, so a lock whose process is gone (or whose pid now names another process:
+# start times differ) and whose remote work has ended (deploy.work free) is stale.
 SCRIPT = r"""
 set -eu
 lock={lock_dir}/deploy.lock
+work={work}
 record={record}
+plan={plan}
 mkdir -p {lock_dir}
+[ -e "$work" ] || : > "$work"
+chmod 0644 "$work"
 exec 9>"$lock.guard"
-flock -w 20 9
 starttime() {{ sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }}
 p=$$
 while [ "$p" -gt 1 ]; do
   case "$(cat /proc/$p/comm)" in sshd|sshd-session) break ;; esac
   p=$(awk '/^PPid:/ {{print $2}}' "/proc/$p/status")
 done
-if [ "$p" -le 1 ]; then echo "status=no-session"; exit 0; fi
+inspect() {{
+  opid=""; ostart=""; oholder=""; alive=no; why=""
+  if [ -s "$lock" ]; then
+    read -r opid ostart < "$lock" || true
+    oholder=$(sed -n 2p "$lock")
+  fi
+  [ -n "$opid" ] || return 0
+  if [ "$(starttime "$opid")" = "$ostart" ]; then alive=yes; why=session; fi
+  if ! flock -n -x "$work" true; then alive=yes; why=${{why:-work}}; fi
+}}
+F() {{
+  rc=0
+  if [ "$1" = 1 ] || [ -z "${{SUDO_USER:-}}" ] || [ "$SUDO_USER" = root ]; then
+    out=$(sh -c "$3" </dev/null 2>/dev/null) || rc=$?
+  else
+    out=$(runuser -u "$SUDO_USER" -- sh -c "$3" </dev/null 2>/dev/null) || rc=$?
+  fi
+  printf '%s %s %s\n' '@@watchme-fact' "$rc" "$2"
+  if [ -n "$out" ]; then printf '%s\n' "$out"; fi
+}}
+if [ "$p" -le 1 ] && [ "$MODE" != show ] && [ "$MODE" != break ]; then echo "status=no-session"; exit 0; fi
 echo "session=$p"
-echo "record=$(cat "$record" 2>/dev/null | head -n1)"
-opid=""; ostart=""; oholder=""
-if [ -s "$lock" ]; then
-  read -r opid ostart < "$lock" || true
-  oholder=$(sed -n 2p "$lock")
-fi
-alive=no
-if [ -n "$opid" ] && [ "$(starttime "$opid")" = "$ostart" ]; then alive=yes; fi
+echo "record=$(head -n1 "$record" 2>/dev/null || true)"
+waited=0
+while :; do
+  flock -w 20 9
+  inspect
+  if [ "$MODE" = take ] && [ "$alive" = yes ] && [ "$opid" != "$p" ] && [ "$waited" -lt "$WAIT" ]; then
+    flock -u 9; sleep 2; waited=$((waited + 2)); continue
+  fi
+  break
+done
+echo "waited=$waited"
 case "$MODE" in
 check)
   if [ "$alive" = yes ]; then echo "status=held"; echo "holder=$oholder"; else echo "status=free"; fi ;;
 take)
   if [ "$alive" = yes ] && [ "$opid" != "$p" ]; then
-    echo "status=held"; echo "holder=$oholder"; echo "holder_pid=$opid"; exit 0
+    echo "status=held"; echo "holder=$oholder"; echo "holder_pid=$opid"; echo "alive=$why"; exit 0
   fi
   if [ -n "$opid" ] && [ "$alive" = no ]; then echo "stale=$oholder"; fi
   printf '%s %s\n%s\n' "$p" "$(starttime "$p")" "$HOLDER" > "$lock.new"
@@ -67,17 +107,73 @@ release)
   mkdir -p "$(dirname "$record")"
   printf '%s\n' "$RECORD" > "$record.new"
   mv "$record.new" "$record"
+  if [ -n "$PLAN" ]; then
+    (umask 077; printf '%s' "$PLAN" | base64 -d | gzip -dc > "$plan.new" && mv "$plan.new" "$plan")
+  fi
   if [ "$opid" = "$p" ]; then rm -f "$lock"; echo "status=released"; else echo "status=not-ours"; fi ;;
+drop)
+  if [ "$opid" = "$p" ]; then rm -f "$lock"; echo "status=released"; else echo "status=not-ours"; fi ;;
+show|break)
+  if [ -z "$opid" ]; then echo "status=free"; exit 0; fi
+  echo "holder=$oholder"; echo "holder_pid=$opid"; echo "alive=${{why:-no}}"
+  if [ "$MODE" = show ]; then echo "status=held"
+  elif [ "$alive" = yes ] && [ "$FORCE" != 1 ]; then echo "status=live"
+  else rm -f "$lock"; echo "status=broken"; fi ;;
 esac
+exec 9>&-
+if [ "$MODE" = take ] || [ "$MODE" = check ]; then
+  echo "{facts}"
+  if [ "$FACTS" = 1 ] && [ -f "$plan" ]; then . "$plan"; fi
+fi
 """
 
+# The first command of a deploy, as the login user: the lock script with sudo, in the same
+# round trip; without passwordless sudo it says so and the preflight gives the fix.
+OPENING = ('if [ "$(id -u)" = 0 ]; then exec sh -c {s}; '
+           'elif sudo -n true 2>/dev/null; then exec sudo -H -n sh -c {s}; '
+           'else echo status=no-sudo; fi')
 
-def script(mode: str, holder: dict | None = None, record: dict | None = None) -> str:
-    """The remote shell text for one mode (run with sudo; values are shell-quoted)."""
-    assert mode in ("take", "check", "release"), mode
+
+def script(mode: str, holder: dict | None = None, record: dict | None = None,
+           plan: str = "", wait: int = 0, facts: bool = True, force: bool = False) -> str:
+    """The remote shell text for one mode (run as root; values are shell-quoted)."""
+    assert mode in MODES, mode
+    packed = base64.b64encode(gzip.compress(plan.encode(), mtime=0)).decode() if plan else ""
     head = (f"MODE={mode}; HOLDER={shlex.quote(json.dumps(holder or {}))}; "
-            f"RECORD={shlex.quote(json.dumps(record or {}))}; ")
-    return head + SCRIPT.format(lock_dir=LOCK_DIR, record=RECORD)
+            f"RECORD={shlex.quote(json.dumps(record or {}))}; PLAN={shlex.quote(packed)}; "
+            f"WAIT={int(wait)}; FACTS={int(facts)}; FORCE={int(force)}; ")
+    return head + SCRIPT.format(lock_dir=LOCK_DIR, work=WORK, record=RECORD, plan=PLAN,
+                                facts=FACTS)
+
+
+def opening(mode: str, **kw) -> str:
+    """The script wrapped to run as root from the login user's shell (sudo -n, or root)."""
+    return OPENING.format(s=shlex.quote(script(mode, **kw)))
+
+
+def split(lines: list[str]) -> tuple[list[str], list[str]]:
+    """(the lock's key=value lines, the planned facts' lines)."""
+    if FACTS in lines:
+        i = lines.index(FACTS)
+        return lines[:i], lines[i + 1:]
+    return lines, []
+
+
+# The remote work must not depend on the connection: its output goes to files and is
+# printed when it ends, and HUP/PIPE are ignored, so a dropped connection neither kills it
+# (SIGPIPE on its next write) nor releases the lock before it ends.
+HOLD = ('o=$(mktemp) && e=$(mktemp) || exit 1; trap "" HUP PIPE; ( {command} ) >"$o" 2>"$e"; '
+        'rc=$?; cat "$o"; cat "$e" >&2; rm -f "$o" "$e"; exit $rc')
+
+
+def hold(command):
+    """A changing command, run so that it holds the deploy's work lock while it runs."""
+    from pyinfra.api import QuoteString, StringCommand
+    if isinstance(command, str):
+        command = StringCommand(command)
+    before, after = HOLD.split("{command}")
+    inner = StringCommand(before, command, after, separator="")
+    return StringCommand("flock", "-s", WORK, "sh", "-c", QuoteString(inner))
 
 
 def parse(lines: list[str]) -> dict:

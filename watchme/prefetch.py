@@ -1,16 +1,44 @@
-"""Read every fact of a deploy in one remote command, keeping pyinfra's stock operations.
+"""Read every fact of a deploy in the lock's round trip, keeping pyinfra's stock operations.
 
 pyinfra 3 runs one remote command per fact it reads (it keeps no fact cache), so a no-op
 deploy of ~70 stock operations costs ~200 SSH round trips. This records which facts a run
-read (class, arguments, sudo/user settings) in a small local plan file per target, and on
-the next run executes all of them in one shell script, each fact's own command and its own
-`process()`, so operations read exactly what they would have read one by one.
+read (class, arguments, connector arguments) and the exact command pyinfra would run for
+each, and keeps that *fact plan on the host*, so a CI runner or a new laptop (no local
+state) is as fast as the machine that deployed last:
+
+    /var/lib/watchme/fact-plan.sh   root:root 0600, written by the last successful deploy in
+                                    the same command as the lock release (tasks/lock.py)
+
+Each line of the plan is `F <sudo 0|1> '<identity>' '<command>'` (values shell-quoted by
+shlex; F is defined by the lock script in watchme/lock.py). The next deploy's first remote
+command takes the lock and sources the plan, running every planned fact, each its own
+command (as root, or as the login user for `_sudo=False` facts), and prints
+`@@watchme-fact <rc> <identity>` before each fact's stdout. Locally each answer goes
+through the fact's own `process()`, so operations read exactly what they would have read
+one by one. The identity carries a hash of the command: a fact whose command this checkout
+builds differently (new code, new arguments) is not served, it is read live.
 
 The answers are served only while nothing has changed the host: the first command or
 upload that an operation executes on the host drops them all, and from then on every fact
-is read live again, as stock pyinfra does. A no-op deploy therefore costs one round trip
-for its facts; a deploy that changes things is never served a stale answer. A fact that
-failed, or one the plan does not know yet, is read the stock way.
+is read live again, as stock pyinfra does. A no-op deploy therefore reads all its facts in
+the lock's round trip; a deploy that changes things is never served a stale answer. A fact
+that failed, one the plan does not know yet, or one with connector arguments other than
+`_sudo` (a `_sudo_user`, an `_env`, ...) is read the stock way.
+
+Fact record (for the offline PR preview): when WATCHME_RECORD_DIR is set, the run writes
+`<dir>/<safe host name>.facts.json` (safe: every character but A-Z a-z 0-9 . - becomes _):
+
+    {"version": 1, "host": "<inventory name>",
+     "facts": [{"command": "<raw fact command, exactly _fact_command()>",
+                "executor": {<the connector arguments pyinfra passed, e.g. "_sudo": true, ...>},
+                "rc": 0, "stdout": ["line", ...]}, ...]}
+
+It covers every fact the run read, batched and live, one entry per (command, executor): a
+fact read again after a change keeps its last answer (the host as the run left it). `rc`
+is 0 when the command succeeded, else 1 (pyinfra keeps no exit code), and a fact whose
+`requires_command` is missing answers rc 0 with pyinfra's own marker line as stdout, as
+pyinfra itself sees it. The record holds what the facts print (hashes, package lists,
+unit states, file metadata): review a new fact for secrets before it is added.
 """
 
 from __future__ import annotations
@@ -21,6 +49,8 @@ import hashlib
 import importlib
 import json
 import os
+import re
+import shlex
 from pathlib import Path
 
 from pyinfra import logger
@@ -30,8 +60,14 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.facts import _MISSING_COMMAND_MARKER as MISSING, _handle_fact_kwargs, _make_command
 from pyinfra.context import ctx_host, ctx_state
 
-PLAN_DIR = Path(os.environ.get("WATCHME_CACHE_DIR", Path.home() / ".cache" / "watchme")) / "fact-plans"
+PLAN = "/var/lib/watchme/fact-plan.sh"
 MARK = "@@watchme-fact"
+PLAN_HEADER = ("# watchme fact plan v1: written by the last deploy (watchme/prefetch.py), "
+               "sourced as root by the next one's lock command (watchme/lock.py)\n")
+# Connector arguments the host-side runner reproduces; any other non-default one is read live.
+_DEFAULTS = {"_sudo_user": None, "_use_sudo_login": False, "_preserve_sudo_env": False,
+             "_su_user": None, "_doas": False, "_dzdo": False, "_chdir": None, "_env": {},
+             "_get_pty": False, "_stdin": None, "_shell_executable": "sh"}
 
 
 def _key(cls, fact_kwargs: dict, executor: dict) -> str:
@@ -52,19 +88,38 @@ def _fact_command(fact: FactBase, fact_kwargs: dict) -> str:
     return raw
 
 
+def _sha(command: str) -> str:
+    return hashlib.sha256(command.encode()).hexdigest()[:16]
+
+
+def runnable(executor: dict) -> bool:
+    """Whether the plan's host-side runner reproduces these connector arguments exactly."""
+    if not isinstance(executor.get("_sudo", False), bool):
+        return False
+    return all(not executor.get(k) or executor.get(k) == d for k, d in _DEFAULTS.items())
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", name)
+
+
 class Prefetch:
     def __init__(self, state, host):
         self.state, self.host = state, host
-        self.plan_file = PLAN_DIR / (hashlib.sha256(
-            f"{host.name}|{host.data.get('ssh_user')}".encode()).hexdigest()[:16] + ".json")
         self.answers: dict[str, object] = {}
         self.seen: dict[str, list] = {}
         self.reading = 0  # >0 while pyinfra runs a fact command (not a change)
         self.served = 0
+        self.generation = 0  # counts changes: a live answer read across one is not kept
+        self.record: dict[str, dict] = {}  # (command, executor) -> what the host answered
+        self._capture: list | None = None
+        self.wrap = None  # set by tasks/lock.py: wraps each changing command (lock holding)
 
     # -- the three host methods we wrap ----------------------------------------------------
     def get_fact(self, cls, *args, **kwargs):
-        if not isinstance(cls, type) or issubclass(cls, ShortFactBase) or not issubclass(cls, FactBase):
+        if isinstance(cls, type) and issubclass(cls, ShortFactBase):
+            return cls().process_data(self.get_fact(cls.fact, *args, **kwargs))  # as pyinfra
+        if not isinstance(cls, type) or not issubclass(cls, FactBase):
             return self._orig_get_fact(cls, *args, **kwargs)
         fact_kwargs, global_kwargs = _handle_fact_kwargs(self.state, self.host, cls, args, kwargs)
         fact_kwargs = {k: v for k, v in fact_kwargs.items() if k != "self"}  # getcallargs adds it
@@ -80,33 +135,61 @@ class Prefetch:
             self.served += 1
             return copy.deepcopy(self.answers[key])  # operations may modify what they read
         self.reading += 1
+        self._capture = []
+        generation = self.generation
         try:
             value = self._orig_get_fact(cls, *args, **kwargs)
         finally:
             self.reading -= 1
+            captured, self._capture = self._capture, None
+        if captured:
+            try:
+                command = _fact_command(cls(), fact_kwargs)
+            except Exception:  # noqa: BLE001 - not recordable; pyinfra already read it
+                command = None
+            ok, output = captured[-1]
+            if command is not None:
+                self._remember(command, executor, 0 if ok else 1, list(output.stdout_lines))
+            if ok and generation == self.generation and list(output.stdout_lines) != [MISSING]:
+                # Nothing changed the host since: serve this answer again until something does.
+                self.answers[key] = copy.deepcopy(value)
         return value
 
-    def run_shell_command(self, *args, **kwargs):
+    def run_shell_command(self, command, *args, **kwargs):
         if not self.reading:
-            self.answers.clear()  # an operation is changing the host: read live from now on
-        return self._orig_run(*args, **kwargs)
+            self._changed()  # an operation is changing the host: read live from now on
+            if self.wrap is not None:
+                command = self.wrap(command)
+        result = self._orig_run(command, *args, **kwargs)
+        if self.reading and self._capture is not None:
+            self._capture.append(result)
+        return result
 
     def put_file(self, *args, **kwargs):
-        self.answers.clear()
+        self._changed()
         return self._orig_put(*args, **kwargs)
 
-    # -- plan ----------------------------------------------------------------------------
-    def load_plan(self) -> list[list]:
-        try:
-            return json.loads(self.plan_file.read_text())
-        except (OSError, ValueError):
-            return []
+    def _changed(self) -> None:
+        self.answers.clear()
+        self.generation += 1
 
-    def save_plan(self) -> None:
-        """The plan is exactly what this run read: facts no longer used drop out."""
-        if self.seen:
-            PLAN_DIR.mkdir(parents=True, exist_ok=True)
-            self.plan_file.write_text(json.dumps(list(self.seen.values())))
+    # -- the plan on the host ------------------------------------------------------------
+    def plan_text(self) -> str:
+        """The plan file: exactly what this run read (facts no longer used drop out)."""
+        lines = [PLAN_HEADER]
+        for module, qualname, fact_kwargs, executor in self.seen.values():
+            cls = self._resolve(module, qualname)
+            if cls is None or cls.shell_executable or not runnable(executor):
+                continue
+            try:
+                command = _fact_command(cls(), fact_kwargs)
+            except Exception:  # noqa: BLE001 - a fact we cannot rebuild: read live next time
+                continue
+            identity = json.dumps({"fact": [module, qualname, fact_kwargs, executor],
+                                   "sha": _sha(command)}, sort_keys=True)
+            sudo = 1 if executor.get("_sudo") else 0
+            lines.append(f"F {sudo} {shlex.quote(identity)} {shlex.quote(command)}\n")
+        return "".join(lines)
 
     @staticmethod
     def _resolve(module: str, qualname: str):
@@ -118,68 +201,71 @@ class Prefetch:
         except (ImportError, AttributeError):
             return None
 
-    def prefetch(self) -> None:
-        """Run every planned fact that shares the most common sudo/user settings, at once."""
-        groups: dict[str, list] = {}
-        for module, qualname, fact_kwargs, executor in self.load_plan():
-            cls = self._resolve(module, qualname)
-            if cls:
-                groups.setdefault(json.dumps(executor, sort_keys=True), []).append(
-                    (cls, fact_kwargs, executor))
-        for entries in groups.values():
-            self._run_batch(entries)
-
-    def _run_batch(self, entries) -> None:
-        executor = dict(entries[0][2])
-        parts, facts = [], {}
-        for i, (cls, fact_kwargs, _) in enumerate(entries):
-            try:
-                facts[i] = cls()
-                command = _fact_command(facts[i], fact_kwargs)
-            except Exception:  # a fact whose arguments changed shape: read it live later
-                continue
-            parts.append(f"out=$( ({command}) </dev/null 2>/dev/null ); rc=$?; "
-                         f"echo '{MARK} {i}' $rc; [ -n \"$out\" ] && printf '%s\\n' \"$out\"")
-        if not parts:
-            return
-        script = "\n".join(parts)  # pyinfra wraps it in sudo + sh -c itself
-        self.reading += 1
-        try:
-            ok, output = self._orig_run(StringCommand(script), **executor)
-        finally:
-            self.reading -= 1
-        if not ok:
-            return
-        blocks: dict[int, tuple[int, list[str]]] = {}
-        current = None
-        for line in output.stdout_lines:
+    def serve(self, lines: list[str]) -> None:
+        """Take the answers of the planned facts from the lock command's output."""
+        blocks: list[tuple[int, str, list[str]]] = []
+        for line in lines:
             if line.startswith(MARK + " "):
-                _, index, rc = line.split(" ")
-                current = int(index)
-                blocks[current] = (int(rc), [])
-            elif current is not None:
-                blocks[current][1].append(line)
-        for i, (rc, lines) in blocks.items():
-            cls, fact_kwargs, _ = entries[i]
-            if rc != 0 or lines == [MISSING]:
-                continue  # pyinfra has its own handling for these: let it read live
-            fact = facts[i]
+                _, rc, identity = line.split(" ", 2)
+                blocks.append((int(rc), identity, []))
+            elif blocks:
+                blocks[-1][2].append(line)
+        for rc, identity, out in blocks:
             try:
-                value = fact.process(lines) if lines else fact.default()
-            except Exception:
+                ident = json.loads(identity)
+                module, qualname, fact_kwargs, executor = ident["fact"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            cls = self._resolve(module, qualname)
+            if cls is None:
+                continue
+            fact = cls()
+            try:
+                command = _fact_command(fact, fact_kwargs)
+            except Exception:  # noqa: BLE001 - arguments changed shape: read it live later
+                continue
+            if _sha(command) != ident.get("sha"):
+                continue  # this checkout builds another command: the answer is not its own
+            self._remember(command, executor, 0 if rc == 0 else 1, out)
+            if rc != 0 or out == [MISSING]:
+                continue  # pyinfra has its own handling for these: let it read live
+            try:
+                value = fact.process(out) if out else fact.default()
+            except Exception:  # noqa: BLE001
                 continue
             self.answers[_key(cls, fact_kwargs, executor)] = value
-        logger.debug(f"{self.host.print_prefix}prefetched {len(self.answers)} facts in one command")
+        logger.info(f"{self.host.print_prefix}prefetched {len(self.answers)} facts "
+                    "with the deploy lock")
+
+    # -- the fact record -------------------------------------------------------------------
+    def _remember(self, command: str, executor: dict, rc: int, stdout: list[str]) -> None:
+        key = json.dumps([command, executor], sort_keys=True, default=str)
+        self.record.pop(key, None)  # the last answer wins, in the order last read
+        self.record[key] = {"command": command, "executor": executor, "rc": rc,
+                            "stdout": list(stdout)}
+
+    def save_record(self, directory: str | None = None) -> Path | None:
+        directory = directory or os.environ.get("WATCHME_RECORD_DIR")
+        if not directory:
+            return None
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        path = Path(directory) / f"{safe_name(self.host.name)}.facts.json"
+        path.write_text(json.dumps({"version": 1, "host": self.host.name,
+                                    "facts": list(self.record.values())},
+                                   indent=1, default=str) + "\n")
+        return path
 
 
-def install() -> None:
-    """Wrap the current host's fact reads and commands; prefetch last run's facts."""
-    host, state = ctx_host.get(), ctx_state.get()
-    if getattr(host, "_watchme_prefetch", None) or os.environ.get("WATCHME_NO_PREFETCH"):
-        return
+def install(host=None, state=None) -> Prefetch | None:
+    """Wrap this host's fact reads and commands (tasks/lock.py calls it before the lock)."""
+    host = ctx_host.get() if host is None else host
+    state = ctx_state.get() if state is None else state
+    existing = getattr(host, "_watchme_prefetch", None)
+    if existing or os.environ.get("WATCHME_NO_PREFETCH"):
+        return existing
     p = Prefetch(state, host)
     p._orig_get_fact, p._orig_run, p._orig_put = host.get_fact, host.run_shell_command, host.put_file
     host.get_fact, host.run_shell_command, host.put_file = p.get_fact, p.run_shell_command, p.put_file
     host._watchme_prefetch = p
-    p.prefetch()
-    atexit.register(p.save_plan)
+    atexit.register(p.save_record)
+    return p

@@ -108,6 +108,8 @@ def load_records(directory: str | None) -> dict[str, dict]:
         return {}
     out = {}
     for path in sorted(Path(directory).glob("*.json")):
+        if path.name.endswith(".facts.json"):
+            continue  # the fact record for the offline preview (watchme/prefetch.py)
         try:
             rec = json.loads(path.read_text())
             out[rec["host"]] = rec

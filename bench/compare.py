@@ -1,0 +1,202 @@
+"""Benchmark, side by side in one run: a no-op deploy locally and over a ~100 ms RTT WAN.
+
+    .venv/bin/python bench/compare.py [--hosts 5] [--runs 5] [--delay-ms 50]
+
+Starts --hosts fresh test hosts and converges them all at once (the first converge: wall
+time and SSH sessions of one host, from pyinfra's --debug log), then measures medians of
+--runs for each row, locally and through /work/shared/tools/latency-proxy.py (DELAY_MS each
+way, so 50 -> ~100 ms RTT) in front of the first host's SSH port:
+
+- this project, no local state (HOME is a new empty directory on every run: a CI runner);
+- this project, the operator's HOME (the same since the fact plan lives on the host);
+- `ssh host true` (OpenSSH, a new connection each time): the floor;
+- the bash one-shot, reduced job: one `ssh host sudo sh -s` that checks what a no-op must
+  (packages installed, services enabled and active, every unit active, the sha256 of every
+  rendered file against a manifest taken after the converge) and prints "no change";
+- 5 hosts at once: one deploy process per host, started together (the wall time of all).
+
+SSH sessions are counted honestly: every remote command and every upload is a channel
+(session) on pyinfra's one connection; `ssh true` and the one-shot are one session each.
+Prints a Markdown table for bench/RESULTS.md. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from watchme import testhost as th  # noqa: E402
+
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+PROXY = "/work/shared/tools/latency-proxy.py"
+ONESHOT = r"""
+set -u
+for p in nginx docker.io curl; do
+  dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null | grep -qx installed || echo "change: install $p"
+done
+for s in docker nginx; do
+  systemctl is-enabled -q "$s" && systemctl is-active -q "$s" || echo "change: start $s"
+done
+for u in $(ls CONFIG_ROOT/systemd/ 2>/dev/null | grep '\.service$'); do
+  systemctl is-enabled -q "$u" 2>/dev/null || echo "change: enable $u"
+done
+cd CONFIG_ROOT && sha256sum --quiet -c - <<'EOF' || echo "change: files"
+MANIFEST
+EOF
+echo "no change"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed(cmd: list[str], env: dict | None = None, **kw) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, **kw)
+    return time.perf_counter() - start, p
+
+
+class Target:
+    """One way to reach a test host: directly, or through the latency proxy."""
+
+    def __init__(self, host: th.TestHost, work: Path, port: int | None = None):
+        self.host, self.port = host, port or host.port
+        work.mkdir(parents=True, exist_ok=True)
+        kh = work / "known_hosts"
+        kh.write_text(Path(host.known_hosts).read_text().replace(
+            f"[127.0.0.1]:{host.port}", f"[127.0.0.1]:{self.port}"))
+        self.state = work / "host.json"
+        self.state.write_text(json.dumps({"name": host.name, "port": self.port, "user": host.user,
+                                          "key": host.key, "known_hosts": str(kh)}))
+        self.ssh = ["ssh", "-p", str(self.port), "-i", host.key, "-o", "IdentitiesOnly=yes",
+                    "-o", f"UserKnownHostsFile={kh}", "-o", "StrictHostKeyChecking=yes",
+                    "-o", "BatchMode=yes", "-o", "ControlMaster=no", f"{host.user}@127.0.0.1"]
+
+    def env(self, home: str | None = None) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}
+        env["WATCHME_TESTHOST"] = str(self.state)
+        if home:
+            env["HOME"] = home
+        return env
+
+    def deploy(self, *extra: str, home: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
+        return timed([PYINFRA, "-y", "--json", *extra, "inventory.py", "deploy.py"],
+                     self.env(home), timeout=1800)
+
+
+def sessions(stderr: str) -> tuple[int, int]:
+    return stderr.count("Running command on "), stderr.count("Attempting upload of ")
+
+
+def changed(p: subprocess.CompletedProcess) -> int:
+    try:
+        return json.loads(p.stdout)["results"]["totals"]["success"]
+    except (ValueError, KeyError):
+        return -1
+
+
+def median(fn, runs: int) -> float:
+    return statistics.median(fn() for _ in range(runs))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hosts", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--delay-ms", type=int, default=50)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="watchme-bench-"))
+    hosts, proxy = [], None
+    rows: list[tuple[str, str, str]] = []
+    try:
+        hosts = [th.start() for _ in range(args.hosts)]
+        local = [Target(h, work / h.name) for h in hosts]
+        # First converge, all hosts at once; the first one with --debug to count sessions.
+        with ThreadPoolExecutor(len(local)) as pool:
+            firsts = list(pool.map(lambda it: it[1].deploy(*(["--debug"] if it[0] == 0 else [])),
+                                   enumerate(local)))
+        for wall, p in firsts:
+            if p.returncode != 0:
+                sys.exit(f"converge failed:\n{p.stderr[-3000:]}")
+        cmds, ups = sessions(firsts[0][1].stderr)
+        rows.append(("first converge of a fresh host, local (all hosts at once)",
+                     f"{firsts[0][0]:.1f} s", f"{cmds + ups} sessions ({cmds} commands + {ups} uploads)"))
+
+        port = free_port()
+        proxy = subprocess.Popen([sys.executable, PROXY, str(port), str(hosts[0].port),
+                                  str(args.delay_ms), "--seconds", "3600"])
+        time.sleep(0.5)
+        wan = Target(hosts[0], work / "wan", port)
+        one = local[0]
+        manifest = subprocess.run(
+            [*one.ssh, f"cd {th_config_root()} && sudo find . -type f ! -path './nginx/backups/*' "
+             "-exec sha256sum {} +"], capture_output=True, text=True, check=True).stdout.strip()
+        script = ONESHOT.replace("CONFIG_ROOT", th_config_root()).replace("MANIFEST", manifest)
+
+        for label, t in (("local", one), (f"{2 * args.delay_ms} ms RTT", wan)):
+            _, dbg = t.deploy("--debug", home=tempfile.mkdtemp(dir=work))
+            c, u = sessions(dbg.stderr)
+            fresh = [t.deploy(home=tempfile.mkdtemp(dir=work)) for _ in range(args.runs)]
+            assert all(changed(p) == 0 for _, p in fresh), [p.stderr[-500:] for _, p in fresh]
+            cached = median(lambda: t.deploy()[0], args.runs)
+            floor = median(lambda: timed([*t.ssh, "true"])[0], args.runs)
+
+            def oneshot() -> float:
+                wall, p = timed([*t.ssh, "sudo", "sh", "-s"], input=script)
+                assert p.stdout.strip() == "no change", p.stdout + p.stderr
+                return wall
+            bash = median(oneshot, args.runs)
+            nf = statistics.median(w for w, _ in fresh)
+            rows += [
+                (f"no-op, {label}, no local state (fresh HOME)", f"{nf:.2f} s ({nf / floor:.1f} x ssh true)",
+                 f"{c + u} sessions"),
+                (f"no-op, {label}, operator's HOME", f"{cached:.2f} s", f"{c + u} sessions"),
+                (f"`ssh host true`, {label}", f"{floor:.2f} s", "1 session"),
+                (f"bash one-shot (reduced job), {label}", f"{bash:.2f} s", "1 session"),
+            ]
+        if len(local) > 1:
+            def all_at_once() -> float:
+                start = time.perf_counter()
+                with ThreadPoolExecutor(len(local)) as pool:
+                    done = list(pool.map(lambda t: t.deploy(), local))
+                assert all(changed(p) == 0 for _, p in done)
+                return time.perf_counter() - start
+            single = median(lambda: one.deploy()[0], args.runs)
+            multi = median(all_at_once, args.runs)
+            rows.append((f"no-op, {len(local)} hosts at once (one process each), local",
+                         f"{multi:.2f} s ({multi / single:.1f} x one host, {single:.2f} s)", ""))
+    finally:
+        if proxy:
+            proxy.terminate()
+        for h in hosts:
+            th.stop(h.name)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"| measurement (median of {args.runs}) | wall | SSH sessions |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+    return 0
+
+
+def th_config_root() -> str:
+    import runpy
+    return runpy.run_path(str(ROOT / "group_data" / "all.py"))["config_root"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
