@@ -37,11 +37,13 @@ def http2_style(version: tuple[int, ...] | None) -> str | None:
     return "directive" if version >= (1, 25, 1) else "listen"
 
 
-def render_site(server_name: str, services, backup_dir: str, tls: dict | None = None) -> str:
-    """tls: None for HTTP only, else {certificate, key, http2, acme_root}."""
+def render_site(server_name: str, services, backup_dir: str, tls: dict | None = None,
+                extra_locations=()) -> str:
+    """tls: None for HTTP only, else {certificate, key, http2, acme_root}; extra_locations:
+    the registry's ExtraLocation entries (the live site's non-service locations)."""
     return get_template(str(TEMPLATE)).render(
         server_name=server_name, services=services, backup_dir=backup_dir, tls=tls,
-        acme_path=ACME_PATH)
+        acme_path=ACME_PATH, extra_locations=extra_locations)
 
 
 def probes(server_name: str, services, tls: bool) -> list[str]:
