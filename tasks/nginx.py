@@ -53,5 +53,5 @@ def apply() -> None:
         name=f"Apply nginx site {d.server_name} (staged nginx -t, reload, probe)",
         live=live, content=content, script=script, backup_dir=backups,
         keep=d.nginx_backups_keep, state_dir=state_dir,
-        probes=nginx.probes(d.server_name, services, tls is not None),
+        probes=nginx.probes(d.server_name, services, tls is not None, d.registry.extra_locations),
     )

@@ -79,3 +79,14 @@ def test_the_rendered_site_keeps_the_replicas_live_locations():
     assert live_routes.dropped(files, site, "api.hey-watch.me") == []
     assert "location = /health {" in site and "location /status/ {" in site
 
+
+
+def test_the_safe_cycle_probes_the_extra_locations():
+    from watchme.nginx import probes
+    reg = load_data(registry([{"location": "= /health", "config": HEALTH},
+                              {"location": "/status/", "config": STATUS}]))
+    out = probes("h", [], True, reg.extra_locations)
+    assert out == ["extra-1|https://h/health|200|", "extra-2|https://h/status/|200|",
+                   "http-redirect|http://h/|301|https://h/"]
+    gone = load_data(registry([{"location": "= /gone", "config": "return 410;"}]))
+    assert probes("h", [], False, gone.extra_locations) == ["extra-1|http://h/gone|410|"]

@@ -46,11 +46,14 @@ def render_site(server_name: str, services, backup_dir: str, tls: dict | None = 
         acme_path=ACME_PATH, extra_locations=extra_locations)
 
 
-def probes(server_name: str, services, tls: bool) -> list[str]:
-    """NAME|URL|STATUS|REDIRECT for the cycle script: every route, and the :80 redirect."""
+def probes(server_name: str, services, tls: bool, extra_locations=()) -> list[str]:
+    """NAME|URL|STATUS|REDIRECT for the cycle script: every route, the extra locations (a
+    `return` answers its own status, a proxied one 200), and the :80 redirect."""
     scheme = "https" if tls else "http"
     out = [f"{s.name}|{scheme}://{server_name}{s.probe_url_path}|{s.probe.expect}|"
            for s in services]
+    out += [f"extra-{i}|{scheme}://{server_name}{x.path}|{x.probe_status}|"
+            for i, x in enumerate(extra_locations, 1)]
     if tls:
         out.append(f"http-redirect|http://{server_name}/|301|https://{server_name}/")
     return out

@@ -269,6 +269,13 @@ class ExtraLocation(BaseModel):
     def nginx(self, indent: int = 4) -> str:
         return extra_locations.nginx(extra_locations.parse(self.location, self.config), indent)
 
+    @property
+    def probe_status(self) -> int:
+        """What the safe cycle's probe expects: the `return` status, else 200 (proxied)."""
+        block = extra_locations.parse(self.location, self.config)[0]["block"]
+        returns = [d["args"][0] for d in block if d["directive"] == "return"]
+        return int(returns[0]) if returns else 200
+
 
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
