@@ -28,13 +28,14 @@ def apply() -> None:
     tls = tls_task.settings()
     if tls is not None:
         tls = {**tls, "http2": nginx.http2_style(host.get_fact(nginx.NginxVersion))}
-    content = nginx.render_site(d.server_name, services, backups, tls)
+    content = nginx.render_site(d.server_name, services, backups, tls,
+                                d.registry.extra_locations)
     gone = live_routes.dropped(host.get_fact(live_routes.LiveNginxConfig), content, d.server_name)
     if gone and not d.get("allow_route_removal", False):
         raise DeployError(
             f"{host.name}: the live site serves location(s) the registry does not have: "
             f"{', '.join(gone)}. Nothing was changed. Add them to group_data/services.yaml "
-            "(watchme import), or deploy with --data allow_route_removal=true to drop them")
+            "(watchme import writes extra_locations for the ones that are no service), or deploy with --data allow_route_removal=true to drop them")
 
     files.directory(name=f"Nginx site directory {site_dir}", path=site_dir)
     files.directory(name=f"Scripts directory {d.config_root}/scripts", path=f"{d.config_root}/scripts")
@@ -52,5 +53,5 @@ def apply() -> None:
         name=f"Apply nginx site {d.server_name} (staged nginx -t, reload, probe)",
         live=live, content=content, script=script, backup_dir=backups,
         keep=d.nginx_backups_keep, state_dir=state_dir,
-        probes=nginx.probes(d.server_name, services, tls is not None),
+        probes=nginx.probes(d.server_name, services, tls is not None, d.registry.extra_locations),
     )

@@ -15,8 +15,9 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
+
+from watchme.certificate import MissingFiles
 
 ACME_ROOT = "/var/www/letsencrypt"
 HOOK = "/etc/letsencrypt/renewal-hooks/deploy/watchme-nginx-reload"
@@ -42,7 +43,8 @@ def apply() -> None:
     tls = settings()
     if tls is None:
         return
-    missing = [p for p in (tls["certificate"], tls["key"]) if not host.get_fact(File, path=p)]
+    # certbot's live/ files are symlinks: they count when they resolve to a file.
+    missing = host.get_fact(MissingFiles, paths=[tls["certificate"], tls["key"]])
     self_signed = host.data.get("tls_self_signed", False)
     if missing and not self_signed:
         raise DeployError(

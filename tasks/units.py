@@ -23,7 +23,8 @@ from pyinfra.operations.util import any_changed
 from watchme.adopt import adopt
 from watchme.images import override_path
 from watchme.network import ComposeFiles, create_command
-from watchme.units import LoadedUnits, UnitFiles, VendorUnits, ours, unit_name
+from watchme.units import (LoadedUnits, UnitFiles, VendorUnits, WantsLinks, ours, stale_wants,
+                           unit_name)
 
 SYSTEM_DIR = "/etc/systemd/system"
 
@@ -98,6 +99,11 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
         adopted[unit] = adopt(name=f"Keep what is at {path}", path=path, target=target)
         changes.append(adopted[unit])
         changes.append(files.link(name=f"Link unit {path}", path=path, target=target,
+                                  force=True, force_backup=False))
+    # Enablement links made by the operator's `systemctl enable` point into their clone:
+    # point them at our unit file, as `systemctl enable` would now (enablement unchanged).
+    for path, target in stale_wants(host.get_fact(WantsLinks), wanted, unit_dir).items():
+        changes.append(files.link(name=f"Point {path} at {target}", path=path, target=target,
                                   force=True, force_backup=False))
     if never_loaded:
         logger.warning(f"{host.print_prefix}systemd has not loaded the file of "

@@ -75,13 +75,24 @@ def test_body_sizes_timeouts_cors_and_memory_are_read_from_the_site_and_containe
         assert {"priority", "probe"} <= set(e["assumed"])
 
 
-def test_locations_it_cannot_express_are_reported_by_name_with_the_reason():
+def test_locations_that_are_no_service_become_extra_locations():
     imp = importer.build(live())
-    text = "\n".join(imp.unexpressed)
-    assert "location = /health: exact match" in text
-    assert "location = /health: answers with `return 200" in text
-    assert "location /status/: upstream port 8099 is published by no container" in text
+    assert imp.unexpressed == []
     assert not any(s["public_path"] in ("/health", "/status/") for s in imp.services)
+    extras = {e["location"]: e["config"] for e in imp.extras}
+    assert extras == {
+        "= /health": "access_log off;\ndefault_type text/plain;\nreturn 200 ok\\n;\n",
+        "/status/": "proxy_pass http://127.0.0.1:8099/;\nproxy_set_header Host $host;\n"
+                    "proxy_set_header X-Real-IP $remote_addr;\n"}
+
+
+def test_locations_it_cannot_express_are_reported_by_name_with_the_reason():
+    imp = importer.build(with_site("    location ~ \\.php$ { fastcgi_pass 127.0.0.1:9000; }\n"))
+    text = "\n".join(imp.unexpressed)
+    assert "location ~ \\.php$: regex match" in text
+    assert "location ~ \\.php$: not an extra location either: regex match" in text
+    assert "directive `fastcgi_pass` has no registry field" in text
+    assert [e["location"] for e in imp.extras] == ["= /health", "/status/"]
 
 
 @pytest.mark.parametrize("block, reason", [
@@ -103,8 +114,7 @@ def test_the_written_registry_validates_and_marks_every_field(tmp_path):
     facts = tmp_path / "live.json"
     facts.write_text(json.dumps(live()))
     out = tmp_path / "services.yaml"
-    assert importer.main(["--facts", str(facts), "--output", str(out)]) == 2  # /health, /status/
-    assert importer.main(["--facts", str(facts), "--output", str(out), "--allow-unexpressed"]) == 0
+    assert importer.main(["--facts", str(facts), "--output", str(out)]) == 0
     text = out.read_text()
     reg = load_data(yaml.safe_load(text))
     assert len(reg.services) == len(SERVICES)
@@ -113,7 +123,8 @@ def test_the_written_registry_validates_and_marks_every_field(tmp_path):
     assert "port 80 redirects to https" in text
     assert "# Note: watchme-network on the host: subnet 172.27.0.0/16, gateway 172.27.0.1, " \
            "13 containers attached" in text
-    assert "location = /health" in text.split("services:")[0]  # reported in the header too
+    assert "= /health, /status/" in text.split("services:")[0]  # named in the header too
+    assert [x.location for x in reg.extra_locations] == ["= /health", "/status/"]
     assert text.count("# from host: proxy_pass") >= len(SERVICES)
     line = next(l for l in text.splitlines() if l.strip().startswith("priority:"))
     assert "# assumed" in line
@@ -213,10 +224,10 @@ def test_import_from_the_replica_reproduces_every_proxy_location(host, testhost_
     env.update(testhost_env)
     p = subprocess.run([sys.executable, "-m", "watchme.importer", "--output", str(out)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2, p.stderr  # /health and /status/ cannot be expressed
-    assert "not expressed: location = /health: exact match" in p.stderr
-    assert "not expressed: location /status/: upstream port 8099" in p.stderr
+    assert p.returncode == 0, p.stderr  # /health and /status/ are extra locations
+    assert "not expressed" not in p.stderr
     reg = load_data(yaml.safe_load(out.read_text()))
+    assert [x.location for x in reg.extra_locations] == ["= /health", "/status/"]
     routes = {s.public_path: (s.port, s.upstream_path, s.container, str(s.ip) if s.ip else None)
               for s in reg.services}
     assert routes == {p: (s.port, s.upstream_path, s.container, s.ip) for p, s in SERVICES.items()}

@@ -88,6 +88,19 @@ def test_only_links_into_our_unit_dir_are_ours():
     assert ours(units, "/opt/watchme/systemd") == ["watchme-a.service"]
 
 
+def test_wants_links_into_the_clone_are_pointed_at_our_unit_file():
+    from watchme.units import WantsLinks, stale_wants
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    links = WantsLinks().process([
+        f"{wants}/watchme-a.service /home/ubuntu/watchme-server-configs/systemd/watchme-a.service",
+        f"{wants}/watchme-b.service /opt/watchme/systemd/watchme-b.service",
+        f"{wants}/watchme-c.service /etc/systemd/system/watchme-c.service",
+        f"{wants}/ssh.service /lib/systemd/system/ssh.service"])
+    units = {"watchme-a.service", "watchme-b.service", "watchme-c.service"}
+    assert stale_wants(links, units, "/opt/watchme/systemd") == {
+        f"{wants}/watchme-a.service": "/opt/watchme/systemd/watchme-a.service"}
+
+
 # --- end to end -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,10 @@ becomes a service, mapped to its container by the host port the container publis
 each field is either read from the host (`# from host: <directive>`) or assumed (listed in
 the entry's `assumed:`). Locations the registry cannot express (exact or regex matches,
 `return`, no proxy_pass, a variable upstream, an upstream no container publishes, a
-directive with no registry field) are reported by name with the reason; the command then
-exits 2 unless --allow-unexpressed.
+directive with no registry field) become `extra_locations:` entries when
+watchme/extra_locations.py accepts them (prefix or exact match, allow-listed directives,
+upstreams on the host's loopback), so the deploy keeps them answering; the rest are reported
+by name with the reason and the command exits 2 unless --allow-unexpressed.
 
 --merge EXISTING writes EXISTING updated with what the host runs (round-trip: its comments
 stay), prints the unified diff, and keeps EXISTING's values for fields the import could only
@@ -33,6 +35,8 @@ from typing import Any
 
 import crossplane
 from pyinfra.api import FactBase
+
+from watchme import extra_locations
 
 SITE = "api.hey-watch.me"
 NETWORK = "watchme-network"
@@ -299,6 +303,19 @@ class Imported:
     unexpressed: list[str]
     site: Site
     notes: list[str]
+    extras: list[dict] = field(default_factory=list)  # {location, config, _why}
+
+
+def as_extra(loc: Location) -> dict | list[str]:
+    """The location as an extra_locations entry, or why it cannot be one."""
+    key = f"{loc.modifier} {loc.path}" if loc.modifier else loc.path
+    config = extra_locations.body(loc.block) if loc.block else ""
+    try:
+        extra_locations.parse(key, config)
+    except extra_locations.ExtraLocationError as e:
+        return e.problems
+    return {"location": key, "config": config,
+            "_why": f"from host: {loc.file}:{loc.line} (no container serves it; kept as written)"}
 
 
 def build(live: dict) -> Imported:
@@ -314,7 +331,7 @@ def build(live: dict) -> Imported:
     for c in live["containers"]:
         for p in _container_ports(c):
             by_port[p] = c
-    services, unexpressed, notes = [], [], []
+    services, unexpressed, notes, extras = [], [], [], []
     for loc in site.locations:
         problems = location_problems(loc)
         target = None
@@ -325,7 +342,13 @@ def build(live: dict) -> Imported:
                                 "no container (a process on the host?); the registry maps each "
                                 "route to a container")
         if problems:
-            unexpressed += problems
+            extra = as_extra(loc)
+            if isinstance(extra, dict):
+                extras.append(extra)
+            else:
+                where = f"location {loc.modifier + ' ' if loc.modifier else ''}{loc.path}"
+                unexpressed += problems + [f"{where}: not an extra location either: {p}"
+                                           for p in extra]
             continue
         services.append(_service(loc, target, by_port[target.port], units, by_compose, site))
     _fill_memory(services, notes)
@@ -335,7 +358,7 @@ def build(live: dict) -> Imported:
                      f"{len(net.get('Containers') or {})} containers attached")
     if not live.get("network"):
         notes.append(f"{NETWORK} does not exist on the host")
-    return Imported(services, unexpressed, site, notes)
+    return Imported(services, unexpressed, site, notes, extras)
 
 
 def _service(loc: Location, target: Proxy, c: dict, units: dict, by_compose: dict,
@@ -471,6 +494,10 @@ def header(site: Site, imported: Imported) -> str:
     ]
     for n in imported.notes:
         lines.append(f"# Note: {n}")
+    if imported.extras:
+        lines.append("# Locations that are no container service, kept as extra_locations (checked")
+        lines.append("# and re-emitted from an allow-list): " +
+                     ", ".join(e["location"] for e in imported.extras))
     if imported.unexpressed:
         lines.append("# Locations the registry cannot express (NOT in this file):")
         lines += [f"#   {p}" for p in imported.unexpressed]
@@ -499,6 +526,17 @@ def to_commented(entry: dict, supports_unit: bool):
     return m
 
 
+def extra_commented(extra: dict):
+    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.scalarstring import LiteralScalarString
+
+    m = CommentedMap()
+    m["location"] = extra["location"]
+    m.yaml_add_eol_comment(extra["_why"], "location")
+    m["config"] = LiteralScalarString(extra["config"])
+    return m
+
+
 def render(imported: Imported) -> str:
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
     from watchme.registry import Service
@@ -506,6 +544,8 @@ def render(imported: Imported) -> str:
     supports_unit = "unit" in Service.model_fields
     doc = CommentedMap()
     doc["services"] = CommentedSeq([to_commented(e, supports_unit) for e in imported.services])
+    if imported.extras:
+        doc["extra_locations"] = CommentedSeq([extra_commented(e) for e in imported.extras])
     buf = io.StringIO()
     _yaml().dump(doc, buf)
     return header(imported.site, imported) + "\n" + buf.getvalue()
@@ -558,6 +598,19 @@ def merge(existing_text: str, imported: Imported) -> str:
         still = [f for f in old.get("assumed", []) if f in assumed_new]
         if "assumed" in old:
             old["assumed"][:] = still
+    if imported.extras:
+        from ruamel.yaml.comments import CommentedSeq
+
+        if doc.get("extra_locations") is None:
+            doc["extra_locations"] = CommentedSeq()
+        kept = doc["extra_locations"]
+        for extra in imported.extras:
+            old = next((e for e in kept if " ".join(str(e.get("location", "")).split())
+                        == extra["location"]), None)
+            if old is None:
+                kept.append(extra_commented(extra))
+            elif old.get("config") != extra["config"]:
+                kept[kept.index(old)] = extra_commented(extra)  # the host's block wins
     buf = io.StringIO()
     y.dump(doc, buf)
     return buf.getvalue()

@@ -37,18 +37,23 @@ def http2_style(version: tuple[int, ...] | None) -> str | None:
     return "directive" if version >= (1, 25, 1) else "listen"
 
 
-def render_site(server_name: str, services, backup_dir: str, tls: dict | None = None) -> str:
-    """tls: None for HTTP only, else {certificate, key, http2, acme_root}."""
+def render_site(server_name: str, services, backup_dir: str, tls: dict | None = None,
+                extra_locations=()) -> str:
+    """tls: None for HTTP only, else {certificate, key, http2, acme_root}; extra_locations:
+    the registry's ExtraLocation entries (the live site's non-service locations)."""
     return get_template(str(TEMPLATE)).render(
         server_name=server_name, services=services, backup_dir=backup_dir, tls=tls,
-        acme_path=ACME_PATH)
+        acme_path=ACME_PATH, extra_locations=extra_locations)
 
 
-def probes(server_name: str, services, tls: bool) -> list[str]:
-    """NAME|URL|STATUS|REDIRECT for the cycle script: every route, and the :80 redirect."""
+def probes(server_name: str, services, tls: bool, extra_locations=()) -> list[str]:
+    """NAME|URL|STATUS|REDIRECT for the cycle script: every route, the extra locations (a
+    `return` answers its own status, a proxied one 200), and the :80 redirect."""
     scheme = "https" if tls else "http"
     out = [f"{s.name}|{scheme}://{server_name}{s.probe_url_path}|{s.probe.expect}|"
            for s in services]
+    out += [f"extra-{i}|{scheme}://{server_name}{x.path}|{x.probe_status}|"
+            for i, x in enumerate(extra_locations, 1)]
     if tls:
         out.append(f"http-redirect|http://{server_name}/|301|https://{server_name}/")
     return out

@@ -25,6 +25,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       StrictInt, StrictStr, ValidationError, model_validator)
 
+from watchme import extra_locations
 from watchme.settings import AbsPath, ConfigError, HostName, Settings, pattern
 from watchme.uri import normalize, upstream_uri
 
@@ -248,9 +249,38 @@ class RegistryError(ConfigError):
     """Problems of the registry, one per line: `services[NAME].FIELD: problem; fix`."""
 
 
+class ExtraLocation(BaseModel):
+    """A hand-written location of the live site that is no container service (watchme/
+    extra_locations.py): kept by adoption, re-emitted by crossplane from an allow-list."""
+
+    model_config = ConfigDict(extra="forbid")
+    location: StrictStr  # "= /health" or "/status/"
+    config: StrictStr  # the block's directives, parsed and checked, never copied as text
+
+    @model_validator(mode="after")
+    def _parses(self) -> "ExtraLocation":
+        extra_locations.parse(self.location, self.config)
+        return self
+
+    @property
+    def path(self) -> str:
+        return extra_locations.split_match(self.location)[1]
+
+    def nginx(self, indent: int = 4) -> str:
+        return extra_locations.nginx(extra_locations.parse(self.location, self.config), indent)
+
+    @property
+    def probe_status(self) -> int:
+        """What the safe cycle's probe expects: the `return` status, else 200 (proxied)."""
+        block = extra_locations.parse(self.location, self.config)[0]["block"]
+        returns = [d["args"][0] for d in block if d["directive"] == "return"]
+        return int(returns[0]) if returns else 200
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     services: list[Service]
+    extra_locations: list[ExtraLocation] = []
 
     @property
     def enabled_services(self) -> list[Service]:
@@ -339,12 +369,42 @@ def _label(entry: Any, i: int) -> str:
         else f"#{i + 1}"
 
 
+def _extras(raw: Any, entries: list[Any]) -> tuple[list[ExtraLocation], list[str]]:
+    """extra_locations entries, checked; a location a service also serves is refused."""
+    if raw is None:
+        return [], []
+    if not isinstance(raw, list):
+        return [], ["extra_locations: expected a list of {location, config} entries"]
+    out, problems, seen = [], [], {}
+    paths = {e.get("public_path") for e in entries if isinstance(e, dict)}
+    for i, entry in enumerate(raw):
+        where = f"extra_locations[{i + 1}]"
+        try:
+            extra = ExtraLocation.model_validate(entry)
+        except ValidationError as e:
+            for err in e.errors():
+                field = ".".join(str(p) for p in err["loc"])
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append(f"{where}{'.' + field if field else ''}: {msg}; fix the entry "
+                                "or serve the route from a registry service")
+            continue
+        key = " ".join(extra.location.split())
+        if key in seen:
+            problems.append(f"{where}.location: {key!r} is also extra_locations[{seen[key]}]")
+        elif key in paths:
+            problems.append(f"{where}.location: {key!r} is also a service's public_path; keep one")
+        seen.setdefault(key, i + 1)
+        out.append(extra)
+    return out, problems
+
+
 def load_data(data: Any, settings: Settings | None = None) -> Registry:
     """The registry of parsed YAML, checked field by field and against settings (the
     defaults of group_data/all.py when None)."""
     if not isinstance(data, dict) or not isinstance(data.get("services"), list):
         raise RegistryError(["registry: expected a mapping with a 'services:' list of entries"])
-    problems = [f"registry: unknown top-level key {k!r}; allowed keys: services" for k in data if k != "services"]
+    problems = [f"registry: unknown top-level key {k!r}; allowed keys: services, extra_locations"
+                for k in data if k not in ("services", "extra_locations")]
     services, labels = [], []
     for i, entry in enumerate(data["services"]):
         label = _label(entry, i)
@@ -357,7 +417,9 @@ def load_data(data: Any, settings: Settings | None = None) -> Registry:
         problems += [f"services[{label}].{f}: {msg}" for f, msg in service.problems()]
         services.append(service)
     problems += _duplicates(data["services"], labels)
-    registry = Registry.model_construct(services=services)
+    extras, extra_problems = _extras(data.get("extra_locations"), data["services"])
+    problems += extra_problems
+    registry = Registry.model_construct(services=services, extra_locations=extras)
     problems += registry.problems(settings or Settings())
     if problems:
         raise RegistryError(problems)

@@ -37,6 +37,32 @@ class UnitFiles(FactBase):
         return units
 
 
+class WantsLinks(FactBase):
+    """The enablement links under /etc/systemd/system/*.wants/: {link path: its target}.
+
+    `systemctl enable` of a unit that is a link (the seed's setup_server.sh links units from
+    its git clone) points the wants link at the link's target, i.e. into the clone; relinking
+    the unit alone leaves those behind."""
+
+    def command(self, directory: str = "/etc/systemd/system") -> str:
+        return (f"find {shlex.quote(directory)} -mindepth 2 -maxdepth 2 -type l "
+                "-path '*.wants/*' -printf '%p %l\\n' 2>/dev/null || true")
+
+    def process(self, output):
+        return dict(line.split(" ", 1) for line in output if " " in line)
+
+
+def stale_wants(links: dict[str, str], units: set[str], unit_dir: str) -> dict[str, str]:
+    """{wants link: the target `systemctl enable` would give it now} for our units' wants
+    links that point elsewhere (a path that is neither our unit file nor its link)."""
+    out = {}
+    for path, target in sorted(links.items()):
+        name = path.rsplit("/", 1)[-1]
+        if name in units and target not in (f"{unit_dir}/{name}", f"/etc/systemd/system/{name}"):
+            out[path] = f"{unit_dir}/{name}"
+    return out
+
+
 class VendorUnits(FactBase):
     """Names of the units the OS packages ship (docker.service, nginx.service, ...)."""
 
