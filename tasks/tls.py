@@ -18,6 +18,8 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
+from watchme import placement
+
 ACME_ROOT = "/var/www/letsencrypt"
 HOOK = "/etc/letsencrypt/renewal-hooks/deploy/watchme-nginx-reload"
 _PATH = re.compile(r"/[A-Za-z0-9._/-]+")
@@ -39,6 +41,8 @@ def settings() -> dict | None:
 
 
 def apply() -> None:
+    if not placement.is_front(host):
+        return  # the certificate is the front's: only it serves the public site (issue 14)
     tls = settings()
     if tls is None:
         return
