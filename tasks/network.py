@@ -18,9 +18,9 @@ from pyinfra.operations import files, server
 from tasks import guard, swarm
 from watchme import backup, placement
 from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_network,
+                             drift_report, migrate_compose, script_path)
 from watchme.placement import services_here
 from watchme.settings import default_range
-                             drift_report, migrate_compose, script_path)
 
 
 def check() -> None:

@@ -16,6 +16,7 @@ from pyinfra import host, inventory, logger, state
 from pyinfra.api import FactBase, FunctionCommand, StringCommand, operation
 from pyinfra.api.command import MaskString
 from pyinfra.api.exceptions import DeployError, OperationError
+from pyinfra.facts.files import File
 from pyinfra.operations import apt
 
 from watchme import placement, remote
@@ -97,8 +98,8 @@ def apply() -> bool:
         return False
     front = placement.front(inventory)
     if front in state.failed_hosts:
-        raise DeployError(f"{host.name}: the front host {front.name} is not reachable, so this "
-                          "host cannot join its swarm; fix: reach the front first")
+        raise DeployError(f"{host.name}: the front host {front.name} failed or is unreachable, "
+                          "so this host cannot join its swarm; fix the front first")
     address = placement.private_address(front)
     if not address:
         raise DeployError(f"{front.name}: no private address (no default route); fix: give it "
@@ -114,7 +115,9 @@ def apply() -> bool:
 
 def anchor_image() -> None:
     """A one-binary image (busybox-static, docker import) for the anchor container: no registry."""
-    apt.packages(name="busybox-static (the anchor image's only file)", packages=["busybox-static"])
+    if not host.get_fact(File, path="/bin/busybox"):
+        apt.packages(name="busybox-static (the anchor image's only file)",
+                     packages=["busybox-static"], update=True)
     if host.get_fact(DockerImage, image=placement.ANCHOR_IMAGE):
         host.noop(f"image {placement.ANCHOR_IMAGE}")
         return

@@ -153,7 +153,11 @@ def routed(registry: Any, inventory: Any, address_of) -> list:
     for s in registry.enabled_services:
         where = service_host(s, front_name)
         if where != front_name and s.upstream_host == "localhost":
-            s = s.model_copy(update={"upstream_host": address_of(by_name[where])})
+            address = address_of(by_name[where])
+            if not address:
+                raise PlacementError(f"{where}: no private address for the route to {s.name} (no "
+                                     f"default route); fix: WATCHME_PRIVATE_ADDRESSES={where}=ADDR")
+            s = s.model_copy(update={"upstream_host": address})
         out.append(s)
     return out
 
