@@ -103,8 +103,9 @@ def hosts(tmp_path_factory):
             list(pool.map(install_services, (a.name, b.name)))
         yield {"a": a, "b": b, "known": str(known), "ip": {"a": bridge_ip(a.name), "b": bridge_ip(b.name)}}
     finally:
-        th.stop(a.name)
-        th.stop(b.name)
+        if not os.environ.get("WATCHME_KEEP_SWARM_HOSTS"):  # set it to look at them afterwards
+            th.stop(a.name)
+            th.stop(b.name)
 
 
 def registry(path: Path, transcriber_host: str | None) -> str:
