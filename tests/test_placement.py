@@ -157,3 +157,17 @@ def test_overlay_create_body_is_attachable_with_the_dynamic_range():
     assert network_repair.create_body({**want, "encrypted": True})["Options"] == {"encrypted": ""}
     bridge = network_repair.create_body({**want, "driver": "bridge"})
     assert "Attachable" not in bridge and "IPRange" not in bridge["IPAM"]["Config"][0]
+
+
+def test_routes_and_explain_show_the_real_target(capsys, monkeypatch):
+    from watchme import routes
+    monkeypatch.setenv("WATCHME_HOSTS", "a=ubuntu@10.0.0.1,b=ubuntu@10.0.0.2")
+    monkeypatch.setenv("WATCHME_PRIVATE_ADDRESSES", "a=10.0.1.10,b=10.0.1.11")
+    monkeypatch.setattr(routes, "load", lambda path=None: REGISTRY)
+    assert routes.main(["explain", "/transcriber/x"]) == 0
+    out = capsys.readouterr().out
+    assert "runs on:    b" in out and "upstream:   http://10.0.1.11:8013/x" in out
+    monkeypatch.delenv("WATCHME_PRIVATE_ADDRESSES")
+    assert routes.main(["list"]) == 0
+    row = next(l.split() for l in capsys.readouterr().out.splitlines() if l.startswith("transcriber"))
+    assert row[:4] == ["transcriber", "b", "/transcriber/", "http://<b.private_address>:8013/"]
