@@ -127,7 +127,7 @@ ADVICE: dict[str, dict[str, tuple[str, str]]] = {
         "other": ("answered {rcode}, expected {want}", "sudo tail -n 50 /var/log/nginx/error.log")},
 }
 
-SETTINGS = ("network_name", "network_subnet", "network_gateway", "server_name", "registry",
+SETTINGS = ("network_name", "network_subnet", "network_gateway", "server_name", "registry", "http_only",
             "disk_prune_threshold", "swap_file", "swap_size_mib", "infra_unit", "config_root")
 
 
@@ -202,9 +202,13 @@ def probe_script(cfg: dict) -> str:
             f'*) echo "{k}.listen=no";; esac',
             f'echo "{k}.upstream=$(code {q(internal)})"',
         ]
+    server = cfg["server_name"]
     for s in cfg["routed"]:
-        lines.append(f'echo "{s.name}.route=$(code -H {q("Host: " + cfg["server_name"])} '
-                     f'{q("http://127.0.0.1" + s.probe_url_path)})"')
+        # As a client asks: HTTPS when the site serves it (port 80 only redirects there).
+        route = (f"-H {q('Host: ' + server)} {q('http://127.0.0.1' + s.probe_url_path)}"
+                 if cfg.get("http_only") is not False else
+                 f"-k --resolve {q(server + ':443:127.0.0.1')} {q('https://' + server + s.probe_url_path)}")
+        lines.append(f'echo "{s.name}.route=$(code {route})"')
     for s in cfg["remote"]:
         # Over the overlay from this host: the anchor container resolves and reaches the name.
         lines.append(f'echo "{s.name}.overlay=$(docker exec watchme-network-anchor /bin/busybox '
