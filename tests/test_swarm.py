@@ -243,7 +243,7 @@ def test_second_run_changes_nothing_on_any_host(migrated, deploy):
     assert_idempotent(lambda **kw: deploy(("a", "b"), "b"))
 
 
-def test_doctor_per_host_and_across_the_overlay(migrated, deploy):
+def test_doctor_per_host_and_across_the_overlay(migrated, deploy, hosts):
     env = deploy.env(("a", "b"), "b")
     p = subprocess.run([WATCHME, "doctor", "--json", *DATA], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
@@ -253,7 +253,7 @@ def test_doctor_per_host_and_across_the_overlay(migrated, deploy):
     assert a["transcriber", "overlay reaches api-transcriber (on b)"]["ok"]
     assert b["vault", "overlay reaches watchme-vault (on a)"]["ok"]
     route = a["transcriber", "route via nginx"]
-    assert route["ok"] and " on b)" in route["detail"], route
+    assert route["ok"] and f"-> 200 (http://{hosts['ip']['b']}:8013 on b)" in route["detail"], route
     assert ("transcriber", "container running") in b and ("transcriber", "container running") not in a
     assert ("vault", "route via nginx") not in b  # the worker serves no site
 
