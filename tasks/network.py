@@ -30,7 +30,8 @@ def check() -> None:
     w = wanted()
     found = host.get_fact(DockerNetwork, script=script_path(), network=d.network_name,
                           driver=w["driver"], subnet=d.network_subnet,
-                          gateway=d.network_gateway, anchor=w["anchor"])
+                          gateway=d.network_gateway,
+                          **({"anchor": w["anchor"]} if w["anchor"] else {}))
     if found is None:
         return
     if found["journal"]:

@@ -121,8 +121,9 @@ def docker_network(network: str, driver: str, subnet: str, gateway: str, repair:
     back with its IP, fixed_ips from the registry winning, and aliases).
     """
     script = script or script_path()
+    # anchor only when there is one: a bridge's fact is asked exactly as before (prefetch)
     found = host.get_fact(DockerNetwork, script=script, network=network, driver=driver,
-                          subnet=subnet, gateway=gateway, anchor=anchor)
+                          subnet=subnet, gateway=gateway, **({"anchor": anchor} if anchor else {}))
     anchored = not anchor or (found or {}).get("anchor", {}).get("running") and \
         found["anchor"].get("attached")
     if found and found["exists"] and not found["drift"] and not found["journal"] and anchored:
