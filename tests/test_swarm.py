@@ -13,6 +13,7 @@ the front-only port -> the second run changes nothing -> b stopped: a keeps serv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -33,7 +34,9 @@ VAULT = {"name": "vault", "container": "watchme-vault", "ip": "172.27.0.20", "po
 TRANSCRIBER = {"name": "transcriber", "container": "api-transcriber", "ip": "172.27.0.21",
                "port": 8013}
 PROVISIONED = "watchme-testhost-swarm"
-PACKAGES = "docker.io docker-compose nginx curl iptables busybox-static"
+# Everything the production bootstrap installs (watchme/packages.py) plus the anchor's busybox.
+PACKAGES = ("docker.io docker-compose nginx curl iptables busybox-static certbot "
+            "amazon-ecr-credential-helper")
 DATA = ["--data", "tls_self_signed=true", "--data", "compose_pull=false"]
 
 
@@ -47,7 +50,8 @@ def provisioned_image() -> str:
     """The test-host image with the deploy's packages installed (a docker commit, cached per
     base image): the bootstrap then has nothing to install, as on a prepared server."""
     base = th.build_image()
-    tag = f"{PROVISIONED}:{base.rsplit(':', 1)[-1]}"
+    recipe = hashlib.sha256(PACKAGES.encode()).hexdigest()[:8]
+    tag = f"{PROVISIONED}:{base.rsplit(':', 1)[-1]}-{recipe}"
     if th.image_exists(tag):
         return tag
     h = th.start(image=base)
@@ -55,7 +59,7 @@ def provisioned_image() -> str:
         sh(h.name, "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install "
                    f"-y -q --no-install-recommends {PACKAGES} >/dev/null")
         sh(h.name, "systemctl stop docker.socket docker containerd nginx; "
-                   "rm -rf /var/lib/docker/* /var/lib/containerd/* /var/lib/apt/lists/*")
+                   "rm -rf /var/lib/docker/* /var/lib/containerd/*; apt-get clean")
         subprocess.run(["docker", "commit", h.name, tag], check=True, capture_output=True)
     finally:
         th.stop(h.name)
