@@ -79,6 +79,8 @@ def front_only(rules: set[tuple[int, str]]):
 
 
 def apply() -> None:
+    if not placement.swarm(host, inventory):
+        return  # one host: nothing is published to another, no extra round trip
     rules = wanted()
     ports = ", ".join(str(p) for p, _ in sorted(rules)) or "none"
     front_only(name=f"Published ports answer only to the front ({ports})", rules=rules)
