@@ -6,8 +6,8 @@
 from pyinfra import host
 
 from watchme import settings
-from tasks import (bootstrap, connection, disk, guard, images, lock, memory, network, nginx,
-                   overrides, tls, units)
+from tasks import (bootstrap, connection, disk, firewall, guard, images, lock, memory, network,
+                   nginx, overrides, tls, units)
 
 settings.require(host)  # the effective settings and registry, before any command
 connection.tune()
@@ -18,6 +18,7 @@ bootstrap.apply(profile)  # installs only what is missing in every form
 images.apply()  # root's Docker client pulls from ECR through the credential helper
 overridden = overrides.apply()  # per-service compose overrides: memory limit, fixed IP, pins
 units.apply(network.apply(), overridden)  # the network (and compose audit) before the units
+firewall.apply()  # a service's published port on a non-front host answers only to the front
 tls.apply()  # the certificate (or a clear stop) before the site that uses it
 nginx.apply()
 guard.apply()

@@ -7,13 +7,17 @@ With WATCHME_REPLAY_DIR (the pull-request preview), `production` is the recorded
 answered offline by watchme/replay.py: no SSH, no secret. See README.md ("Targets", "CI").
 """
 
+import os
 import sys
 
+from watchme.placement import PlacementError, check_inventory
 from watchme.targets import TargetError, production as _production, replay as _replay
 from watchme.targets import testhost as _testhost
 
 try:
     production = _replay() or _production()
     testhost = _testhost()
-except TargetError as e:
+    # registry `host:` fields and WATCHME_PRIVATE_ADDRESSES name inventory hosts (before SSH)
+    check_inventory(production or testhost, os.environ)
+except (TargetError, PlacementError) as e:
     sys.exit(f"inventory: {e}")

@@ -8,6 +8,7 @@ container (standard library only; installed in {config_root}/scripts).
         wanted values and an unfinished repair journal. The deploy's DockerNetwork fact.
     network_repair.py --ensure --name N --driver D --subnet S --gateway G
                       [--repair] [--fixed-ip CONTAINER=IP ...] [--json]
+                      [--ip-range R] [--encrypted] [--anchor IMAGE]
         first finishes an interrupted repair (the journal), then creates the network when it
         is missing; a drifted network is an error unless --repair. The deploy's network
         operation and watchme-infrastructure.service both run this.
@@ -17,6 +18,13 @@ every attached container with the IP it gets back and its aliases) BEFORE it dis
 anything, and removes it only when every container is back. A run killed in the middle
 leaves the journal; the next --ensure (deploy or unit) or `network_monitor.py --fix` (guard)
 finishes it first, so no container stays off the network.
+
+Driver overlay (issue 14, several hosts): the network is an attachable swarm overlay, created
+on the swarm manager with --ip-range for Docker's dynamic addresses (the registry's fixed IPs
+stay outside it). A worker cannot create it and does not even see it until one of its own
+containers is attached, so --anchor IMAGE keeps a tiny container (watchme-network-anchor)
+attached on every host: on a worker that is what "create" means, and compose's
+`external: true` then finds the network.
 
 Exit codes: 0 as wanted (created, repaired or already right); 1 drifted without --repair, or
 a container could not be put back (the journal stays for the next run); 3 Docker is not
@@ -53,7 +61,8 @@ def describe(network: dict | None) -> dict | None:
     first = (((network.get("IPAM") or {}).get("Config")) or [{}])[0]
     subnet = first.get("Subnet", "")
     return {"name": network.get("Name", ""), "driver": network.get("Driver", ""),
-            "subnet": subnet,
+            "subnet": subnet, "scope": network.get("Scope", ""),
+            "attachable": bool(network.get("Attachable")),
             # Created without --gateway, Docker records none and uses the first address.
             "gateway": first.get("Gateway") or default_gateway(subnet),
             "labels": network.get("Labels") or {}}
@@ -83,11 +92,14 @@ def attached(docker: Docker, name: str) -> list[dict]:
     return sorted(out, key=lambda c: c["name"])
 
 
-def inspect(docker: Docker, want: dict) -> dict:
+def inspect(docker: Docker, want: dict, anchor: str = "") -> dict:
     found = describe(docker.network(want["name"]))
-    return {"exists": found is not None, "network": found,
-            "containers": attached(docker, want["name"]) if found else [],
-            "drift": drift(found, want), "journal": read_json(JOURNAL)}
+    out = {"exists": found is not None, "network": found,
+           "containers": attached(docker, want["name"]) if found else [],
+           "drift": drift(found, want), "journal": read_json(JOURNAL)}
+    if anchor:
+        out["anchor"] = anchor_state(docker, want["name"])
+    return out
 
 
 def repair_ip(container: dict, subnet: str, fixed_ips: dict[str, str]) -> str:
@@ -108,11 +120,69 @@ def plan(want: dict, containers: list[dict], fixed_ips: dict[str, str]) -> dict:
 
 
 def create_body(want: dict) -> dict:
-    return {"Name": want["name"], "Driver": want["driver"], "CheckDuplicate": True,
-            "IPAM": {"Config": [{"Subnet": want["subnet"], "Gateway": want["gateway"]}]}}
+    ipam = {"Subnet": want["subnet"], "Gateway": want["gateway"]}
+    body = {"Name": want["name"], "Driver": want["driver"], "CheckDuplicate": True}
+    if want["driver"] == "overlay":
+        # attachable: plain containers (compose, the anchor) join it, not only swarm services
+        body["Attachable"] = True
+        if want.get("ip_range"):
+            ipam["IPRange"] = want["ip_range"]
+        if want.get("encrypted"):
+            body["Options"] = {"encrypted": ""}
+    body["IPAM"] = {"Config": [ipam]}
+    return body
 
 
-def finish(docker: Docker, journal: dict, log) -> list[str]:
+ANCHOR = "watchme-network-anchor"
+
+
+def swarm_worker(docker: Docker) -> bool:
+    """This engine is in a swarm but not a manager (it cannot create an overlay)."""
+    swarm = (docker.get("/info") or {}).get("Swarm") or {}
+    return swarm.get("LocalNodeState") == "active" and not swarm.get("ControlAvailable")
+
+
+def anchor_state(docker: Docker, name: str) -> dict:
+    """{"present", "running", "attached"} of the anchor container."""
+    full = docker.inspect(ANCHOR)
+    if full is None:
+        return {"present": False, "running": False, "attached": False}
+    return {"present": True, "running": bool((full.get("State") or {}).get("Running")),
+            "attached": endpoint(full, name) is not None}
+
+
+def ensure_anchor(docker: Docker, want: dict, image: str, log) -> None:
+    """The anchor container, running and attached (restarted by Docker after a reboot)."""
+    name = want["name"]
+    found = anchor_state(docker, name)
+    if not found["present"]:
+        docker.post(f"/containers/create?name={ANCHOR}", {
+            "Image": image, "Labels": {"watchme.anchor": name},
+            # sleeps in the background so TERM ends it at once (no init in the image)
+            "Cmd": ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
+            "HostConfig": {"NetworkMode": name, "RestartPolicy": {"Name": "unless-stopped"},
+                           "Memory": 16 * 1024 * 1024}})
+        log(f"created {ANCHOR} on {name} (keeps the overlay visible to compose on this host)")
+    elif not found["attached"]:
+        docker.post(f"/networks/{name}/connect", {"Container": ANCHOR})
+        log(f"attached {ANCHOR} to {name}")
+    if not anchor_state(docker, name)["running"]:
+        docker.post(f"/containers/{ANCHOR}/start")
+        log(f"started {ANCHOR}")
+
+
+def create(docker: Docker, want: dict, anchor: str, log) -> None:
+    """Create the network; on a swarm worker the anchor's attachment is the creation."""
+    if want["driver"] == "overlay" and swarm_worker(docker):
+        if not anchor:
+            raise DockerError("a swarm worker cannot create an overlay; pass --anchor IMAGE")
+        ensure_anchor(docker, want, anchor, log)
+        return
+    docker.post("/networks/create", create_body(want))
+    log(f"created {want['name']} ({want['driver']} {want['subnet']} gw {want['gateway']})")
+
+
+def finish(docker: Docker, journal: dict, log, anchor: str = "") -> list[str]:
     """Carry out (or finish) a journalled repair; every step is safe to repeat. Returns the
     errors; the journal is removed only when there are none."""
     want, name = journal["network"], journal["network"]["name"]
@@ -129,8 +199,7 @@ def finish(docker: Docker, journal: dict, log) -> list[str]:
         log(f"removed the old {name} ({found['subnet']} gw {found['gateway']})")
         found = None
     if found is None:
-        docker.post("/networks/create", create_body(want))
-        log(f"created {name} ({want['driver']} {want['subnet']} gw {want['gateway']})")
+        create(docker, want, anchor, log)
     for c in journal["containers"]:
         full = docker.inspect(c["name"])
         if full is None:
@@ -156,28 +225,32 @@ def finish(docker: Docker, journal: dict, log) -> list[str]:
     return errors
 
 
-def ensure(docker: Docker, want: dict, repair: bool, fixed_ips: dict[str, str], log) -> int:
+def ensure(docker: Docker, want: dict, repair: bool, fixed_ips: dict[str, str], log,
+           anchor: str = "") -> int:
     journal = read_json(JOURNAL)
     if journal:
         log(f"finishing the interrupted repair of {journal['network']['name']} "
             f"(journal {JOURNAL}, started {journal.get('started')})")
-        errors = finish(docker, journal, log)
+        errors = finish(docker, journal, log, anchor)
         if errors:
             log("repair incomplete: " + "; ".join(errors))
             return 1
     state = inspect(docker, want)
     if not state["exists"]:
-        docker.post("/networks/create", create_body(want))
-        log(f"created {want['name']} ({want['driver']} {want['subnet']} gw {want['gateway']})")
-        return 0
+        create(docker, want, anchor, log)
+        state = inspect(docker, want)
     if not state["drift"]:
+        if anchor and state["exists"]:
+            ensure_anchor(docker, want, anchor, log)
         return 0
     if not repair:
         log(report(state, want))
         return 1
-    journal = plan(want, state["containers"], fixed_ips)
+    journal = plan(want, [c for c in state["containers"] if c["name"] != ANCHOR], fixed_ips)
     write_json(JOURNAL, journal)  # before anything is disconnected
-    errors = finish(docker, journal, log)
+    errors = finish(docker, journal, log, anchor)
+    if not errors and anchor:
+        ensure_anchor(docker, want, anchor, log)
     if errors:
         log("repair incomplete: " + "; ".join(errors))
     return 1 if errors else 0
@@ -206,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repair", action="store_true", help="recreate a drifted network")
     p.add_argument("--fixed-ip", action="append", default=[], metavar="CONTAINER=IP")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--ip-range", default="", help="overlay: where dynamic addresses come from")
+    p.add_argument("--encrypted", action="store_true", help="overlay: IPsec data plane")
+    p.add_argument("--anchor", default="", metavar="IMAGE",
+                   help=f"overlay: keep {ANCHOR} (from IMAGE) attached on this host")
     args = p.parse_args(argv)
     want = {"name": args.name, "driver": args.driver, "subnet": args.subnet, "gateway": args.gateway}
     docker = Docker()
@@ -215,12 +292,14 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("--ensure needs --driver, --subnet and --gateway")
             fixed = dict(f.split("=", 1) for f in args.fixed_ip)
             lines: list[str] = []
-            code = ensure(docker, want, args.repair, fixed, lambda m: (lines.append(m), print(
-                m, file=sys.stderr if args.json else sys.stdout, flush=True)))
+            wanted = {**want, "ip_range": args.ip_range, "encrypted": args.encrypted}
+            code = ensure(docker, wanted, args.repair, fixed, lambda m: (lines.append(m), print(
+                m, file=sys.stderr if args.json else sys.stdout, flush=True)), args.anchor)
             if args.json:
-                print(json.dumps({"exit_code": code, "log": lines, **inspect(docker, want)}, indent=2))
+                print(json.dumps({"exit_code": code, "log": lines,
+                                  **inspect(docker, want, args.anchor)}, indent=2))
             return code
-        state = inspect(docker, want)
+        state = inspect(docker, want, args.anchor)
     except (Unavailable, DockerError) as e:
         print(json.dumps({"exit_code": 3, "error": str(e)}) if args.json else
               f"could not check: {e} (exit 3)")

@@ -51,8 +51,17 @@ lock_wait_seconds = 0
 
 # The shared network every service joins (seed: "ネットワークインフラストラクチャ管理").
 network_name = "watchme-network"
-# Its driver: a single-host bridge.
+# Its driver: a single-host bridge (overlay: Docker Swarm across hosts, see network_scope).
 network_driver = "bridge"
+# single: a bridge on one host; swarm: an attachable overlay (automatic with several hosts).
+network_scope = "single"
+# Overlay only: dynamic addresses (anchors, swarm load balancers) come from here, never a registry
+# IP; None: the subnet's last /24 (172.27.255.0/24).
+network_ip_range = None
+# Overlay only: IPsec-encrypt the data plane (README "Several hosts" says why it is off).
+network_encrypted = False
+# This host's private address for Swarm, Nginx upstreams and the firewall (None: read from the host).
+private_address = None
 # Its subnet; the registry's fixed container IPs are inside it.
 network_subnet = "172.27.0.0/16"
 # Its gateway (never a container's IP).

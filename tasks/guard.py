@@ -18,13 +18,14 @@ import json
 import re
 from io import StringIO
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from watchme.cron import remove_guard_cron_lines
 from watchme.network_check import network_check
+from watchme.placement import services_here
 
 SYSTEM_DIR = "/etc/systemd/system"
 UNITS = ("watchme-guard.service", "watchme-guard.timer")
@@ -69,7 +70,7 @@ def members() -> dict:
         "members": [{"service": s.name, "container": s.container,
                      "ip": str(s.ip) if s.ip is not None else None,
                      "memory_limit": s.memory_mib * 1024 * 1024}
-                    for s in d.registry.enabled_services],
+                    for s in services_here(host, inventory)],
     }
 
 

@@ -8,11 +8,12 @@ share it only warns.
 
 from __future__ import annotations
 
-from pyinfra import host, logger
+from pyinfra import host, inventory, logger
 from pyinfra.api.exceptions import DeployError
 
 from watchme import host_profile
 from watchme.memory import CgroupMemoryLimit
+from watchme.placement import services_here
 
 MIB = 1024 * 1024
 
@@ -50,7 +51,7 @@ def check() -> None:
     # HostProfile's cgroup reading is the tree's root; the limit on our own path may be lower.
     limit = host.get_fact(CgroupMemoryLimit, _sudo=False)
     host_mib = min(profile["memory_bytes"], limit or profile["memory_bytes"]) // MIB
-    level, message = budget(d.registry.enabled_services, d.memory_os_reserve_mib, host_mib,
+    level, message = budget(services_here(host, inventory), d.memory_os_reserve_mib, host_mib,
                             d.memory_warn_share)
     if level == "over":
         raise DeployError(f"{host.name}: {message}")

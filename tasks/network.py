@@ -8,25 +8,30 @@ of `external: true`) and, with compose_migrate, fixed in place after a backup.
 
 from __future__ import annotations
 
+import ipaddress
 from io import StringIO
 
-from pyinfra import host, logger
+from pyinfra import host, inventory, logger
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, server
 
-from tasks import guard
-from watchme import backup
+from tasks import guard, swarm
+from watchme import backup, placement
 from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_network,
                              drift_report, migrate_compose, script_path)
+from watchme.placement import services_here
+from watchme.settings import default_range
 
 
 def check() -> None:
     """Before any change: refuse a drifted network unless repair is asked for. On a new host
     the check script is not installed yet: the host-side --ensure decides then."""
     d = host.data
+    w = wanted()
     found = host.get_fact(DockerNetwork, script=script_path(), network=d.network_name,
-                          driver=d.network_driver, subnet=d.network_subnet,
-                          gateway=d.network_gateway)
+                          driver=w["driver"], subnet=d.network_subnet,
+                          gateway=d.network_gateway,
+                          **({"anchor": w["anchor"]} if w["anchor"] else {}))
     if found is None:
         return
     if found["journal"]:
@@ -39,25 +44,43 @@ def check() -> None:
                        f"reconnecting {len(found['containers'])} container(s)")
 
 
+def wanted() -> dict:
+    """The network this host wants: a bridge on one host; an attachable overlay (with the
+    anchor container on every host) when it spans hosts (watchme/placement.py)."""
+    d = host.data
+    overlay = placement.swarm(host, inventory)
+    return {"driver": placement.network_driver(host, inventory),
+            "anchor": placement.ANCHOR_IMAGE if overlay else "",
+            "ip_range": str(d.get("network_ip_range") or default_range(
+                ipaddress.IPv4Network(d.network_subnet))) if overlay else "",
+            "encrypted": bool(d.get("network_encrypted", False)) and overlay}
+
+
 def apply() -> dict:
-    """The host scripts, the network, then the compose audit; returns {service name: migrate
-    op} so units can restart a migrated service."""
+    """The host scripts, the swarm (several hosts), the network, then the compose audit;
+    returns {service name: migrate op} so units can restart a migrated service."""
     check()
     guard.install_scripts()  # the network operation and the infrastructure unit run them
+    swarm.apply()
     d = host.data
-    docker_network(
-        name=f"Docker network {d.network_name} ({d.network_driver} {d.network_subnet} "
-             f"gateway {d.network_gateway})",
-        network=d.network_name, driver=d.network_driver, subnet=d.network_subnet,
-        gateway=d.network_gateway, repair=d.network_repair,
-        fixed_ips={s.container: str(s.ip) for s in d.registry.enabled_services if s.ip},
-    )
+    w = wanted()
+    args = dict(network=d.network_name, driver=w["driver"], subnet=d.network_subnet,
+                gateway=d.network_gateway, repair=d.network_repair,
+                fixed_ips={s.container: str(s.ip) for s in services_here(host, inventory) if s.ip},
+                anchor=w["anchor"], ip_range=w["ip_range"], encrypted=w["encrypted"])
+    what = f"{d.network_name} ({w['driver']} {d.network_subnet} gateway {d.network_gateway})"
+    # Two call sites, so pyinfra orders them: the manager creates the overlay on the front
+    # before any worker's anchor attaches to it.
+    if placement.is_front(host) or not w["anchor"]:
+        docker_network(name=f"Docker network {what}", **args)
+    else:
+        docker_network(name=f"Docker network {what}: attach on this worker", **args)
     return audit()
 
 
 def audit() -> dict:
     d = host.data
-    services = d.registry.enabled_services
+    services = services_here(host, inventory)
     found = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
     migrated = {}
     for s in services:

@@ -6,24 +6,36 @@ the last known-good site restored when anything fails. A live location the regis
 not have stops the deploy before any change unless allow_route_removal is set.
 """
 
-from pyinfra import host
+from pyinfra import host, inventory, logger, state
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files
 
 from tasks import tls as tls_task
-from watchme import live_routes, nginx
+from watchme import live_routes, nginx, placement
 from watchme.adopt import adopt
 
 
 def apply() -> None:
+    if not placement.is_front(host):
+        return  # only the front host serves the public site (issue 14)
     d = host.data
+    # A service on an unreachable host: its route's target is unknown, so the live site is
+    # kept exactly as it is (no route dropped or changed) until that host answers again.
+    away = [h for h in placement.hosts(inventory) if h in state.failed_hosts
+            and placement.placement_name(h) in placement.elsewhere(d.registry, inventory)]
+    if away:
+        names = ", ".join(placement.placement_name(h) for h in away)
+        logger.warning(f"{host.print_prefix}nginx: {names} unreachable: the site is left as it is "
+                       f"(its routes keep their targets); rerun when {names} answers")
+        return
     site_dir = f"{d.config_root}/nginx"
     live = f"{site_dir}/{d.server_name}"
     backups = f"{site_dir}/backups"
     state_dir = d.get("state_dir", "/var/lib/watchme")
     script = f"{d.config_root}/scripts/nginx-safe-apply"
     links = [f"/etc/nginx/sites-available/{d.server_name}", f"/etc/nginx/sites-enabled/{d.server_name}"]
-    services = d.registry.enabled_services
+    # Services on other hosts are reached at their host's private address (watchme/placement.py).
+    services = placement.routed(d.registry, inventory, placement.private_address)
 
     tls = tls_task.settings()
     if tls is not None:

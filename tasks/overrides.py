@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from io import StringIO
 
-from pyinfra import host, logger
+from pyinfra import host, inventory, logger
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
@@ -22,6 +22,7 @@ from pyinfra.operations import files
 
 from watchme import images
 from watchme.network import ComposeFiles
+from watchme.placement import services_here
 
 
 class ImagePins(FactBase):
@@ -38,7 +39,7 @@ def apply() -> dict[str, OperationMeta]:
     """Render every enabled service's override; returns {service: operation} so the units
     restart a running service whose override changed."""
     d = host.data
-    services = d.registry.enabled_services
+    services = services_here(host, inventory)
     directory = f"{d.config_root}/compose"
     compose = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
     pins = host.get_fact(ImagePins)

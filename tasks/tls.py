@@ -17,6 +17,7 @@ from pyinfra import host
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import apt, files, server, systemd
 
+from watchme import placement
 from watchme.certificate import MissingFiles
 
 ACME_ROOT = "/var/www/letsencrypt"
@@ -40,6 +41,8 @@ def settings() -> dict | None:
 
 
 def apply() -> None:
+    if not placement.is_front(host):
+        return  # the certificate is the front's: only it serves the public site (issue 14)
     tls = settings()
     if tls is None:
         return

@@ -14,15 +14,17 @@ systemd's NeedDaemonReload) is reloaded and restarted by the next run.
 
 from __future__ import annotations
 
-from pyinfra import host, logger
+from pyinfra import host, inventory, logger
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
+from tasks import firewall, network
 from watchme.adopt import adopt
 from watchme.images import override_path
 from watchme.network import ComposeFiles, create_command
+from watchme.placement import services_here
 from watchme.units import (LoadedUnits, UnitFiles, VendorUnits, WantsLinks, ours, stale_wants,
                            unit_name)
 
@@ -45,7 +47,7 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
     d = host.data
     unit_dir = f"{d.config_root}/systemd"
     infra = d.infra_unit
-    services = d.registry.enabled_services
+    services = services_here(host, inventory)
     unit_of = {s.name: unit_name(s) for s in services}
     wanted = {infra, *unit_of.values()}
     # A link in /etc/systemd/system would silently replace the OS's own unit of that name.
@@ -77,12 +79,14 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
     owner = {} if in_clone else {"user": "root", "group": "root", "mode": "755"}
     files.directory(name=f"Unit directory {unit_dir}", path=unit_dir, **owner)
     rendered = {}
+    w = network.wanted()
     infra_tpl = files.template(
         name=f"Unit {infra}", src="templates/watchme-infrastructure.service.j2",
         dest=f"{unit_dir}/{infra}", mode="644", network=d.network_name,
-        driver=d.network_driver, subnet=d.network_subnet, gateway=d.network_gateway,
-        create=create_command(d.network_name, d.network_driver, d.network_subnet,
-                              d.network_gateway))
+        driver=w["driver"], subnet=d.network_subnet, gateway=d.network_gateway,
+        create=create_command(d.network_name, w["driver"], d.network_subnet,
+                              d.network_gateway, w["anchor"], w["ip_range"], w["encrypted"]),
+        firewall=firewall.restore_commands())
     changes.append(infra_tpl)
     for s in services:
         rendered[s.name] = files.template(

@@ -124,7 +124,8 @@ def test_every_advice_formats(cfg):
            "memory_limit": "1g", "real_limit": "1g", "state": "exited", "exit_code": 1,
            "oom": "true", "upstream_path": "/", "upstream_url": "u", "public_path": "/p/",
            "want": "200", "internal": "i", "code": "500", "rcode": "502", "error": "e",
-           "found": "x", "swap_file": "/swapfile", "swap_size_mib": 2048}
+           "found": "x", "swap_file": "/swapfile", "swap_size_mib": 2048, "host": "b",
+           "answer": "ping: bad address"}
     for check, findings in doctor.ADVICE.items():
         for finding, (cause, fix) in findings.items():
             assert cause.format(**ctx) and fix.format(**ctx), (check, finding)

@@ -13,7 +13,7 @@ import jinja2
 import pytest
 from pyinfra.api import FunctionCommand
 from pyinfra.api.exceptions import DeployError
-from pyinfra.context import ctx_host
+from pyinfra.context import ctx_host, ctx_inventory
 
 from watchme import cron, disk
 from watchme import network_check as monitor
@@ -202,7 +202,8 @@ DATA = {"monitor_fix": True, "disk_prune_threshold": 85, "prune_all_images": Fal
 
 def test_members_are_enabled_services_with_ip_and_memory_bytes():
     from tasks import guard as task
-    with ctx_host.use(FakeHost({}, DATA)):
+    fake = FakeHost({}, DATA)
+    with ctx_host.use(fake), ctx_inventory.use([fake]):  # one host: it runs every service
         assert task.members() == {
             "network": {"name": "watchme-network", "subnet": "172.27.0.0/16",
                         "gateway": "172.27.0.1"},

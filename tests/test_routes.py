@@ -115,7 +115,7 @@ def test_cli_list(capsys):
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert len(rows) == len(load().enabled_services)
-    assert rows["scheduler"][1:] == ["/scheduler/", "http://localhost:8015/api/scheduler/",
+    assert rows["scheduler"][1:] == ["front", "/scheduler/", "http://localhost:8015/api/scheduler/",
                                      "/scheduler/example", "http://localhost:8015/api/scheduler/example"]
     assert rows["avatar"][-1] == "http://localhost:8014/example"
 

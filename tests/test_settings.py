@@ -105,7 +105,7 @@ def test_group_files_hold_only_settings():
     ("config_root", "/opt/$(id)"), ("config_root_mode", "999"), ("config_root_owner", "root;id"),
     ("server_name", "api.hey-watch.me;"), ("server_name", "a b"), ("server_name", "api\r.x"),
     ("tls_certificate", "/etc/ssl/a b.pem"), ("network_subnet", "172.27.0.0/33"),
-    ("network_subnet", 5), ("network_gateway", "172.27.0.300"), ("network_driver", "overlay"),
+    ("network_subnet", 5), ("network_gateway", "172.27.0.300"), ("network_driver", "macvlan"), ("network_scope", "multi"),
     ("infra_unit", "watchme infra.service"), ("guard_interval", "5 minutes;"),
     ("bootstrap_packages", ["nginx", "curl; id"]), ("ecr_registry", "evil.example.com"),
     ("ecr_region", "ap southeast"), ("compose_candidates", []),

@@ -103,6 +103,12 @@ ADVICE: dict[str, dict[str, tuple[str, str]]] = {
         "5xx": ("the app fails ({code})", "docker logs {container} --tail 50"),
         "other": ("answered {code}, expected {want}",
                   "check the probe for {name} in services.yaml (path, expect)")},
+    "overlay": {
+        "unreachable": ("this host's anchor container cannot reach {container} on {host} over "
+                        "{network_name}: {answer}",
+                        "on both hosts: sudo docker network inspect {network_name}; the security "
+                        "group must allow 2377/tcp, 7946/tcp+udp and 4789/udp between them; "
+                        "run the deploy (it restarts the anchor and the unit)")},
     "route": {
         "container": ("{rcode}: Nginx gets no good answer from {upstream_url}",
                       "the container row: start it (sudo systemctl start {unit}); "
@@ -121,7 +127,7 @@ ADVICE: dict[str, dict[str, tuple[str, str]]] = {
         "other": ("answered {rcode}, expected {want}", "sudo tail -n 50 /var/log/nginx/error.log")},
 }
 
-SETTINGS = ("network_name", "network_subnet", "network_gateway", "server_name", "registry",
+SETTINGS = ("network_name", "network_subnet", "network_gateway", "server_name", "registry", "http_only",
             "disk_prune_threshold", "swap_file", "swap_size_mib", "infra_unit", "config_root")
 
 
@@ -138,7 +144,34 @@ def settings(data) -> dict:
     cfg = {k: data.get(k) for k in SETTINGS}
     cfg["scripts"] = f"{cfg['config_root']}/scripts"
     cfg["members"] = f"{cfg['config_root']}/monitor/members.json"
+    services = cfg["registry"].enabled_services if cfg["registry"] is not None else []
+    # One host: it runs and routes every service. placed() narrows this per host (issue 14).
+    cfg.update(services=services, routed=services, remote=[], role="")
     return cfg
+
+
+def placed(cfg: dict, host, inventory) -> dict:
+    """This host's share: the services it runs, the routes it serves (the front: all, to
+    their hosts' private addresses) and, on an overlay, the other hosts' containers it must
+    reach by name through its anchor container."""
+    from watchme import placement
+
+    front = placement.front(inventory)
+    here = placement.services_here(host, inventory)
+    swarm = placement.swarm(host, inventory)
+    def address(h) -> str:
+        try:
+            return placement.private_address(h) or "(no private address)"
+        except Exception:  # noqa: BLE001 - an unreachable host: its row says so
+            return "(unreachable)"
+
+    routed = placement.routed(cfg["registry"], inventory, address) if placement.is_front(host) else []
+    remote = [s for s in cfg["registry"].enabled_services if s not in here] if swarm else []
+    where = {s.name: placement.service_host(s, placement.placement_name(front))
+             for s in cfg["registry"].enabled_services}
+    role = ("front" if placement.is_front(host) else "worker") if swarm else ""
+    return {**cfg, "services": here, "routed": routed, "remote": remote, "where": where,
+            "role": role}
 
 
 def probe_script(cfg: dict) -> str:
@@ -161,16 +194,25 @@ def probe_script(cfg: dict) -> str:
         f"echo \"guard_net=$(python3 {q(scripts + '/network_monitor.py')} --check --json "
         f"--members {q(cfg['members'])} 2>/dev/null | tr -d '\\n')\"",
     ]
-    for s in cfg["registry"].enabled_services:
+    for s in cfg["services"]:
         k = s.name
         internal = f"http://localhost:{s.port}{s.upstream_path}{s.probe.path}"
         lines += [
             f'case " $ports " in *" {s.port:04X} "*) echo "{k}.listen=yes";; '
             f'*) echo "{k}.listen=no";; esac',
             f'echo "{k}.upstream=$(code {q(internal)})"',
-            f'echo "{k}.route=$(code -H {q("Host: " + cfg["server_name"])} '
-            f'{q("http://127.0.0.1" + s.probe_url_path)})"',
         ]
+    server = cfg["server_name"]
+    for s in cfg["routed"]:
+        # As a client asks: HTTPS when the site serves it (port 80 only redirects there).
+        route = (f"-H {q('Host: ' + server)} {q('http://127.0.0.1' + s.probe_url_path)}"
+                 if cfg.get("http_only") is not False else
+                 f"-k --resolve {q(server + ':443:127.0.0.1')} {q('https://' + server + s.probe_url_path)}")
+        lines.append(f'echo "{s.name}.route=$(code {route})"')
+    for s in cfg["remote"]:
+        # Over the overlay from this host: the anchor container resolves and reaches the name.
+        lines.append(f'echo "{s.name}.overlay=$(docker exec watchme-network-anchor /bin/busybox '
+                     f'ping -c1 -W2 {q(s.container)} 2>&1 | head -n1 | tr -d "\\n")"')
     return "\n".join(lines) + "\n"
 
 
@@ -242,7 +284,8 @@ def host_rows(v: dict[str, str], cfg: dict) -> list[Row]:
     return rows
 
 
-def service_rows(s, v: dict[str, str], cfg: dict, member: dict | None) -> list[Row]:
+def service_rows(s, v: dict[str, str], cfg: dict, member: dict | None,
+                 route: bool = True) -> list[Row]:
     k, unit = s.name, getattr(s, "unit", None) or f"{s.name}.service"
     member = member or {}
     state = member.get("state") or "missing"
@@ -272,27 +315,54 @@ def service_rows(s, v: dict[str, str], cfg: dict, member: dict | None) -> list[R
     finding = (None if up_ok else "none" if code == "000" else "404" if code == "404"
                else "5xx" if code.startswith("5") else "other")
     rows.append(row(k, "upstream answers", "upstream", f"GET {ctx['internal']} -> {code}", finding, ctx))
+    if route:
+        rows.append(route_row(s, v, cfg, ctx, running, listening, up_ok))
+    return rows
 
+
+def route_row(s, v: dict[str, str], cfg: dict, ctx: dict, running: bool = True,
+              listening: bool = True, up_ok: bool = True) -> Row:
+    k = s.name
     rcode = ctx["rcode"] = v.get(f"{k}.route", "000")
     if rcode == ctx["want"]:
         finding = None
     elif rcode in ("502", "504") or (rcode.startswith("5") and not up_ok):
         finding = "container" if not running else "port" if not listening else "upstream"
     elif rcode == "404":
-        finding = "app404" if code == "404" else "nginx404"
+        finding = "app404" if ctx.get("code") == "404" else "nginx404"
     else:
         finding = "none" if rcode == "000" else "other"
-    rows.append(row(k, "route via nginx", "route",
-                    f"GET {s.probe_url_path} (Host: {cfg['server_name']}) -> {rcode}", finding, ctx))
-    return rows
+    on = f" on {cfg['where'][k]}" if cfg.get("role") else ""
+    return row(k, "route via nginx", "route",
+               f"GET {s.probe_url_path} (Host: {cfg['server_name']}) -> {rcode} "
+               f"({s.upstream_base}{on})" if on else
+               f"GET {s.probe_url_path} (Host: {cfg['server_name']}) -> {rcode}", finding, ctx)
+
+
+def remote_rows(s, v: dict[str, str], cfg: dict) -> list[Row]:
+    """A container on another host, reached by name over the overlay from this host."""
+    answer = v.get(f"{s.name}.overlay", "")
+    ok = answer.startswith("PING ") and f"({s.ip})" in answer if s.ip else answer.startswith("PING ")
+    ctx = {**cfg, "container": s.container, "host": cfg["where"][s.name], "answer": answer or "no answer"}
+    return [row(s.name, f"overlay reaches {s.container} (on {ctx['host']})", "overlay",
+                answer or "no answer", None if ok else "unreachable", ctx)]
 
 
 def diagnose(values: dict[str, str], cfg: dict) -> list[Row]:
     rows = host_rows(values, cfg)
     report = _json(values.get("guard_net")) or {}
     members = {m["container"]: m for m in report.get("members") or []}
-    for s in cfg["registry"].enabled_services:
-        rows += service_rows(s, values, cfg, members.get(s.container))
+    routed = {s.name for s in cfg["routed"]}
+    for s in cfg["services"]:
+        rows += service_rows(s, values, cfg, members.get(s.container), route=s.name in routed)
+    here = {s.name for s in cfg["services"]}
+    for s in cfg["routed"]:
+        if s.name not in here:  # the front's route to a service on another host
+            ctx = {**cfg, "name": s.name, "unit": s.unit, "port": s.port, "public_path": s.public_path,
+                   "upstream_url": s.upstream_url, "want": str(s.probe.expect)}
+            rows.append(route_row(s, values, cfg, ctx))
+    for s in cfg["remote"]:
+        rows += remote_rows(s, values, cfg)
     return rows
 
 
@@ -335,13 +405,13 @@ def main(argv: list[str] | None = None) -> int:
               "WATCHME_SSH_KEY, WATCHME_KNOWN_HOSTS", file=sys.stderr)
         return 1
     report = {name: unreachable(why) for name, why in failed.items()}
-    answers = inspect.facts(DoctorProbe, state=state,
-                            per_host=lambda h: {"script": probe_script(settings(h.data))})
+    answers = inspect.facts(DoctorProbe, state=state, per_host=lambda h: {
+        "script": probe_script(placed(settings(h.data), h, state.inventory))})
     for name, (host, values) in answers.items():
         if isinstance(values, Exception) or values is None:
             report[name] = unreachable(f"{type(values).__name__}: {values}")
         else:
-            report[name] = diagnose(values, settings(host.data))
+            report[name] = diagnose(values, placed(settings(host.data), host, state.inventory))
     ok = all(r.ok for rows in report.values() for r in rows)
     if args.json:
         print(json.dumps({n: [asdict(r) for r in rows] for n, rows in report.items()}, indent=2))

@@ -41,11 +41,12 @@ class DockerNetwork(FactBase):
     installed yet (a new host): the operation then runs --ensure, which decides on the host.
     """
 
-    def command(self, script: str, network: str, driver: str, subnet: str, gateway: str) -> str:
+    def command(self, script: str, network: str, driver: str, subnet: str, gateway: str,
+                anchor: str = "") -> str:
         s = shlex.quote(script)
         return (f"if [ -f {s} ] && command -v python3 >/dev/null; then python3 {s} --check --json "
                 # exit 3 (Docker not answering) is an answer too: its JSON says so
-                f"{_args(network, driver, subnet, gateway)} || true; fi")
+                f"{_args(network, driver, subnet, gateway)}{_anchor(anchor)} || true; fi")
 
     def process(self, output):
         text = "\n".join(output).strip()
@@ -58,17 +59,28 @@ class DockerNetwork(FactBase):
         return data
 
 
+def _anchor(anchor: str) -> str:
+    return f" --anchor {shlex.quote(anchor)}" if anchor else ""
+
+
+def _overlay(ip_range: str, encrypted: bool) -> str:
+    return (f" --ip-range {shlex.quote(ip_range)}" if ip_range else "") + \
+        (" --encrypted" if encrypted else "")
+
+
 def _args(network: str, driver: str, subnet: str, gateway: str) -> str:
     return " ".join(f"--{k} {shlex.quote(v)}" for k, v in
                     (("name", network), ("driver", driver), ("subnet", subnet), ("gateway", gateway)))
 
 
 def ensure_command(script: str, network: str, driver: str, subnet: str, gateway: str,
-                   repair: bool = False, fixed_ips: dict[str, str] | None = None) -> str:
+                   repair: bool = False, fixed_ips: dict[str, str] | None = None,
+                   anchor: str = "", ip_range: str = "", encrypted: bool = False) -> str:
     """network_repair.py --ensure: finish a journalled repair, create when missing, refuse
     (or with repair, repair) a drifted network; the one implementation, on the host."""
     fixed = "".join(f" --fixed-ip {shlex.quote(f'{c}={ip}')}" for c, ip in sorted((fixed_ips or {}).items()))
     return (f"python3 {shlex.quote(script)} --ensure {_args(network, driver, subnet, gateway)}"
+            f"{_overlay(ip_range, encrypted) if driver == 'overlay' else ''}{_anchor(anchor)}"
             f"{' --repair' if repair else ''}{fixed}")
 
 
@@ -88,16 +100,19 @@ def drift_report(found: dict) -> str:
     return "\n".join(lines)
 
 
-def create_command(name: str, driver: str, subnet: str, gateway: str) -> str:
+def create_command(name: str, driver: str, subnet: str, gateway: str, anchor: str = "",
+                   ip_range: str = "", encrypted: bool = False) -> str:
     """watchme-infrastructure.service's ExecStart: the same --ensure as the deploy (creates
     the network, finishes an interrupted repair, fails on drift so no service starts on it)."""
-    return "/usr/bin/" + ensure_command(script_path(), name, driver, subnet, gateway)
+    return "/usr/bin/" + ensure_command(script_path(), name, driver, subnet, gateway,
+                                        anchor=anchor, ip_range=ip_range, encrypted=encrypted)
 
 
 
 @operation()
 def docker_network(network: str, driver: str, subnet: str, gateway: str, repair: bool = False,
-                   fixed_ips: dict[str, str] | None = None, script: str | None = None):
+                   fixed_ips: dict[str, str] | None = None, script: str | None = None,
+                   anchor: str = "", ip_range: str = "", encrypted: bool = False):
     """A Docker network with exactly this driver, subnet and gateway (network_repair.py).
 
     As wanted and no interrupted repair: no change. Missing, an unfinished repair journal,
@@ -106,14 +121,18 @@ def docker_network(network: str, driver: str, subnet: str, gateway: str, repair:
     back with its IP, fixed_ips from the registry winning, and aliases).
     """
     script = script or script_path()
+    # anchor only when there is one: a bridge's fact is asked exactly as before (prefetch)
     found = host.get_fact(DockerNetwork, script=script, network=network, driver=driver,
-                          subnet=subnet, gateway=gateway)
-    if found and found["exists"] and not found["drift"] and not found["journal"]:
+                          subnet=subnet, gateway=gateway, **({"anchor": anchor} if anchor else {}))
+    anchored = not anchor or (found or {}).get("anchor", {}).get("running") and \
+        found["anchor"].get("attached")
+    if found and found["exists"] and not found["drift"] and not found["journal"] and anchored:
         host.noop(f"network {network}: {driver} {subnet} gateway {gateway}")
         return
     if found and found["drift"] and not repair and not found["journal"]:
         raise OperationError(drift_report(found))
-    yield ensure_command(script, network, driver, subnet, gateway, repair, fixed_ips)
+    yield ensure_command(script, network, driver, subnet, gateway, repair, fixed_ips,
+                         anchor=anchor, ip_range=ip_range, encrypted=encrypted)
 
 
 class ComposeFiles(FactBase):

@@ -180,6 +180,9 @@ class Service(BaseModel):
     priority: StrictInt = Field(ge=1, le=1000)
     compose_file: AbsPath
     unit: UnitName | None = None  # systemd unit file name; default watchme-<name>.service (seed)
+    # inventory host name (WATCHME_HOSTS name=...) that runs it; default: the front (first) host
+    host: Annotated[StrictStr, _check(r"[A-Za-z0-9_.:-]{1,100}", "use an inventory host name "
+                                      "(the name= of a WATCHME_HOSTS entry)")] | None = None
     enabled: StrictBool = True
     start: StrictBool = True  # start the unit now, not only enable it at boot (enabled services only)
     assumed: list[StrictStr] = []
@@ -301,6 +304,9 @@ class Registry(BaseModel):
             if s.ip is not None and (s.ip not in net or s.ip in reserved):
                 out.append(f"services[{s.name}].ip: {s.ip} is not a usable address of {settings.network_name} "
                            f"{net} (gateway {gw}); pick a free address in it, or null if off the network")
+            elif s.ip is not None and s.ip in settings.dynamic_range:
+                out.append(f"services[{s.name}].ip: {s.ip} is in network_ip_range {settings.dynamic_range}, "
+                           "where Docker picks dynamic addresses on an overlay; pick one outside it")
             if s.unit == settings.infra_unit:
                 out.append(f"services[{s.name}].unit: {s.unit} is the infrastructure unit (infra_unit); "
                            "pick another name")
@@ -310,11 +316,15 @@ class Registry(BaseModel):
                 out.append(f"services[{s.name}].unit: {s.unit} is also the unit of services[{first[s.unit]}]; "
                            "give each service its own unit")
             first.setdefault(s.unit, s.name)
-        used = sum(s.memory_mib for s in self.enabled_services)
         reserve, total = settings.memory_os_reserve_mib, settings.host_memory_mib
-        if used + reserve > total:
-            out.append(f"services: memory limits of enabled services sum to {used} MiB + {reserve} MiB "
-                       f"OS reserve > {total} MiB; lower memory_limit or disable a low-priority service")
+        placed = sorted({s.host or "" for s in self.enabled_services})
+        for where in placed:  # one budget per host: each host holds only its own services
+            used = sum(s.memory_mib for s in self.enabled_services if (s.host or "") == where)
+            if used + reserve > total:
+                on = f" on host {where}" if where else ""
+                out.append(f"services: memory limits of enabled services{on} sum to {used} MiB + "
+                           f"{reserve} MiB OS reserve > {total} MiB; lower memory_limit, disable a "
+                           "low-priority service or place one on another host (host:)")
         return out
 
     def check(self, settings: Settings) -> None:

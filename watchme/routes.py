@@ -11,6 +11,7 @@ watchme/uri.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from urllib.parse import urlsplit
 
@@ -28,12 +29,37 @@ def _request_uri(arg: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+def placed(registry: Registry, env=None) -> tuple[Registry, dict[str, str]]:
+    """The registry as the front's Nginx routes it (issue 14): a service on another host goes
+    to that host's private address (WATCHME_PRIVATE_ADDRESSES; else a placeholder, since only
+    the deploy reads it from the host), and {service: host} (WATCHME_HOSTS names them)."""
+    from watchme.placement import PlacementError, parse_private_addresses
+    from watchme.targets import TargetError, parse_hosts
+
+    env = os.environ if env is None else env
+    try:
+        names = [d["placement_name"] for _, d in parse_hosts(env.get("WATCHME_HOSTS", ""), "ubuntu", env)] \
+            if env.get("WATCHME_HOSTS", "").strip() else []
+        addresses = parse_private_addresses(env.get("WATCHME_PRIVATE_ADDRESSES", ""), names)
+    except (TargetError, PlacementError):
+        names, addresses = [], {}
+    front = names[0] if names else "front"
+    services, where = [], {}
+    for s in registry.services:
+        where[s.name] = s.host or front
+        if s.host and s.host != front and s.upstream_host == "localhost":
+            s = s.model_copy(update={"upstream_host": addresses.get(s.host, f"<{s.host}.private_address>")})
+        services.append(s)
+    return Registry.model_construct(services=services), where
+
+
 def _list(registry: Registry) -> int:
-    rows = [("NAME", "PUBLIC PATH", "PROXY_PASS", "EXAMPLE REQUEST", "GOES UPSTREAM AS")]
+    registry, where = placed(registry)
+    rows = [("NAME", "HOST", "PUBLIC PATH", "PROXY_PASS", "EXAMPLE REQUEST", "GOES UPSTREAM AS")]
     for s in registry.enabled_services:
         example = s.public_path.rstrip("/") + "/example"
         up = upstream_uri(s.public_path, s.upstream_url, example)
-        rows.append((s.name, s.public_path, s.upstream_url, example, s.upstream_base + up))
+        rows.append((s.name, where[s.name], s.public_path, s.upstream_url, example, s.upstream_base + up))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -41,6 +67,7 @@ def _list(registry: Registry) -> int:
 
 
 def _explain(registry: Registry, arg: str) -> int:
+    registry, where = placed(registry)
     request = _request_uri(arg)
     try:
         service = match(registry, request)
@@ -62,6 +89,7 @@ def _explain(registry: Registry, arg: str) -> int:
     up = upstream_uri(service.public_path, service.upstream_url, request)
     print(f"request:    {request}")
     print(f"service:    {service.name} ({service.container}) - {service.description}")
+    print(f"runs on:    {where[service.name]}")
     print(f"location:   {service.public_path}")
     print(f"proxy_pass: {service.upstream_url}")
     print(f"upstream:   {service.upstream_base}{up}")

@@ -146,8 +146,16 @@ class Settings(BaseModel):
                                       ge=0, le=3600)
     network_name: Annotated[StrictStr, pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "use a Docker network name")] = \
         _f("watchme-network", "The shared Docker network every service joins.")
-    network_driver: Annotated[StrictStr, pattern(r"bridge", "use bridge (a single-host network)")] = \
+    network_driver: Annotated[StrictStr, pattern(r"bridge|overlay", "use bridge (one host) or overlay "
+                                                 "(several hosts, Docker Swarm)")] = \
         _f("bridge", "The network's driver.")
+    network_scope: Annotated[StrictStr, pattern(r"single|swarm", "use single (one host's bridge) or "
+                                                "swarm (an attachable overlay across hosts)")] = \
+        _f("single", "single: a bridge on one host; swarm: an overlay (also with several hosts).")
+    network_ip_range: Subnet | None = _f(None, "Overlay only: where Docker picks dynamic addresses "
+                                         "(anchors, swarm load balancers); None: the subnet's last /24.")
+    network_encrypted: StrictBool = _f(False, "Overlay only: IPsec-encrypt the data plane (--opt encrypted).")
+    private_address: IPv4 | None = _f(None, "This host's private address (default: read from the host).")
     network_subnet: Subnet = _f("172.27.0.0/16", "The network's subnet; registry IPs are inside it.")
     network_gateway: IPv4 = _f("172.27.0.1", "The network's gateway (never a container's IP).")
     network_repair: StrictBool = _f(False, "Recreate a drifted network, reconnecting its containers.")
@@ -169,6 +177,11 @@ class Settings(BaseModel):
     prune_all_images: StrictBool = _f(False, "Prune all unused images, not only dangling ones.")
     prune_volumes: StrictBool = _f(False, "Also prune unused volumes (deletes data).")
 
+    @property
+    def dynamic_range(self) -> ipaddress.IPv4Network:
+        """Where an overlay's dynamic addresses come from (registry IPs stay outside)."""
+        return self.network_ip_range or default_range(self.network_subnet)
+
     def problems(self) -> list[tuple[str, str]]:
         """Checks across keys; (key, message) pairs."""
         out = []
@@ -176,12 +189,21 @@ class Settings(BaseModel):
         if gw not in net or gw in (net.network_address, net.broadcast_address):
             out.append(("network_gateway", f"{gw} is not a usable address of network_subnet {net}; "
                                            f"use e.g. {next(net.hosts(), net.network_address)}"))
+        if not self.dynamic_range.subnet_of(net) or self.dynamic_range == net:
+            out.append(("network_ip_range", f"{self.dynamic_range} is not a part of network_subnet {net}; "
+                                            f"use e.g. {default_range(net)} or None"))
         if self.memory_os_reserve_mib >= self.host_memory_mib:
             out.append(("memory_os_reserve_mib", f"{self.memory_os_reserve_mib} MiB leaves nothing of "
                                                  f"host_memory_mib {self.host_memory_mib}; lower it"))
         if self.tls_certificate == self.tls_certificate_key:
             out.append(("tls_certificate_key", "is the certificate itself; give the private key file"))
         return out
+
+
+def default_range(net: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    """The last /24 of the subnet (its last quarter when it is smaller than a /23)."""
+    prefix = 24 if net.prefixlen <= 23 else min(net.prefixlen + 2, 30)
+    return list(net.subnets(new_prefix=prefix))[-1]
 
 
 def keys() -> list[str]:
