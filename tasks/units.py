@@ -9,7 +9,9 @@ unit directory, never a unit linked into the operator's git clone.
 Adopting a running service restarts nothing: what was at /etc/systemd/system/<unit> is kept
 (resolved, watchme/adopt.py), our link replaces it, systemd reloads, and an active unit keeps
 running. A unit whose file changed but was never loaded (a run killed before daemon-reload:
-systemd's NeedDaemonReload) is reloaded and restarted by the next run.
+systemd's NeedDaemonReload) is reloaded and restarted by the next run; so is a running
+service whose container's memory limit or fixed IP is not its override's (a run killed
+between writing the override and the restart).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pyinfra.operations.util import any_changed
 from watchme.adopt import adopt
 from watchme.images import override_path
 from watchme.network import ComposeFiles, create_command
-from watchme.units import LoadedUnits, UnitFiles, VendorUnits, ours, unit_name
+from watchme.units import (LoadedUnits, RunningContainers, UnitFiles, VendorUnits, drifted,
+                           ours, unit_name)
 
 SYSTEM_DIR = "/etc/systemd/system"
 
@@ -58,6 +61,8 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
     loaded = host.get_fact(LoadedUnits, units=sorted(wanted))
     never_loaded = sorted(u for u in wanted if loaded.get(u, {}).get("need_reload"))
     compose = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
+    containers = host.get_fact(RunningContainers, containers=[s.container for s in services]) \
+        if services else {}
 
     # The operator's git clone is never written: while config_root is still the clone (the old
     # default), a removed unit is only unlinked and the directory keeps its owner.
@@ -116,7 +121,8 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
         start = s.start and exists
         changed = rendered[s.name].will_change or unit in never_loaded or (
             s.name in (migrated or {}) and migrated[s.name].will_change) or (
-            s.name in (overridden or {}) and overridden[s.name].will_change)
+            s.name in (overridden or {}) and (overridden[s.name].will_change or drifted(
+                s, containers.get(s.container), d.network_name)))
         # Adopted now: the service runs as the operator started it; no restart (an inactive
         # one is started by running=True).
         adopting = adopted[unit].will_change and unit not in never_loaded
