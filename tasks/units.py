@@ -68,15 +68,19 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
     # default), a removed unit is only unlinked and the directory keeps its owner.
     clone = d.get("operator_clone", "/home/ubuntu/watchme-server-configs").rstrip("/")
     in_clone = unit_dir == clone or unit_dir.startswith(clone + "/")
+    # A run killed after unlinking a removed unit left its file in our unit directory: no link
+    # names it any more, so the file itself says it is left over.
+    leftover = [] if in_clone else [n for n in host.get_fact(UnitFiles, directory=unit_dir)
+                                    if n not in wanted and n not in stale]
     changes = []
     for unit in stale:
         changes.append(systemd.service(name=f"Stop and disable removed service {unit}",
                                        service=unit, running=False, enabled=False))
         changes.append(files.link(name=f"Unlink removed unit {SYSTEM_DIR}/{unit}",
                                   path=f"{SYSTEM_DIR}/{unit}", present=False))
-        if not in_clone:
-            changes.append(files.file(name=f"Remove unit file {unit_dir}/{unit}",
-                                      path=f"{unit_dir}/{unit}", present=False))
+    for unit in ([] if in_clone else [*stale, *leftover]):
+        changes.append(files.file(name=f"Remove unit file {unit_dir}/{unit}",
+                                  path=f"{unit_dir}/{unit}", present=False))
 
     owner = {} if in_clone else {"user": "root", "group": "root", "mode": "755"}
     files.directory(name=f"Unit directory {unit_dir}", path=unit_dir, **owner)
