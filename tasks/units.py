@@ -70,8 +70,9 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
     in_clone = unit_dir == clone or unit_dir.startswith(clone + "/")
     # A run killed after unlinking a removed unit left its file in our unit directory: no link
     # names it any more, so the file itself says it is left over.
-    leftover = [] if in_clone else [n for n in host.get_fact(UnitFiles, directory=unit_dir)
-                                    if n not in wanted and n not in stale]
+    leftover = [] if in_clone else [
+        n for n in host.get_fact(UnitFiles, directory=unit_dir) or {}  # None: no directory yet
+        if n not in wanted and n not in stale]
     changes = []
     for unit in stale:
         changes.append(systemd.service(name=f"Stop and disable removed service {unit}",
