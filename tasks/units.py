@@ -127,7 +127,8 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
         changed = rendered[s.name].will_change or unit in never_loaded or (
             s.name in (migrated or {}) and migrated[s.name].will_change) or (
             s.name in (overridden or {}) and (overridden[s.name].will_change or drifted(
-                s, containers.get(s.container), d.network_name)))
+                s, containers.get(s.container), d.network_name,
+                override_path(d.config_root, s.name))))
         # Adopted now: the service runs as the operator started it; no restart (an inactive
         # one is started by running=True).
         adopting = adopted[unit].will_change and unit not in never_loaded

@@ -75,15 +75,16 @@ class LoadedUnits(FactBase):
 
 
 class RunningContainers(FactBase):
-    """What Docker runs for the given containers: {container: {"memory": bytes, "ips":
-    {network: ip}}}, running containers only.
+    """What Docker runs for the given containers: {container: {"memory": bytes, "files":
+    [the compose files it was created from], "ips": {network: ip}}}, running ones only.
 
     A run killed after writing a service's compose override but before restarting the
     service leaves the override looking up to date while the container still runs with the
     old memory limit or IP: only the container itself tells.
     """
 
-    FORMAT = ("{{.Name}} {{.State.Running}} {{.HostConfig.Memory}}"
+    FORMAT = ("{{.Name}} {{.State.Running}} {{.HostConfig.Memory}} "
+              "files={{index .Config.Labels \"com.docker.compose.project.config_files\"}}"
               "{{range $k, $v := .NetworkSettings.Networks}} {{$k}}={{$v.IPAddress}}{{end}}")
 
     def command(self, containers: list[str]) -> str:
@@ -94,18 +95,21 @@ class RunningContainers(FactBase):
     def process(self, output):
         out: dict[str, dict] = {}
         for line in output:
-            name, running, memory, *nets = line.split()
+            name, running, memory, *rest = line.split()
             if running != "true" or not memory.isdigit():
                 continue
-            out[name.lstrip("/")] = {"memory": int(memory),
-                                     "ips": dict(n.split("=", 1) for n in nets if "=" in n)}
+            files = rest.pop(0).removeprefix("files=") if rest and rest[0].startswith("files=") else ""
+            out[name.lstrip("/")] = {"memory": int(memory), "files": [f for f in files.split(",") if f],
+                                     "ips": dict(n.split("=", 1) for n in rest if "=" in n)}
         return out
 
 
-def drifted(service, container: dict | None, network: str) -> bool:
-    """A running container whose memory limit or fixed IP is not the registry's: it was
-    created before its override changed and must be recreated (restarted)."""
-    if container is None:
+def drifted(service, container: dict | None, network: str, override: str) -> bool:
+    """A running container created from its override whose memory limit or fixed IP is not
+    the registry's: it was created before the override changed and must be recreated
+    (restarted). One not created from the override (adopted as the operator started it) is
+    left running: adoption restarts nothing."""
+    if container is None or override not in container["files"]:
         return False
     if container["memory"] != service.memory_mib * 1024 * 1024:
         return True
