@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests import fake_services
-from tests.conftest import PYINFRA, ROOT, assert_idempotent, run_deploy
+from tests.conftest import PYINFRA, ROOT, assert_idempotent
 
 pytestmark = pytest.mark.e2e
 
