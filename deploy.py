@@ -18,6 +18,7 @@ bootstrap.apply(profile)  # installs only what is missing in every form
 images.apply()  # root's Docker client pulls from ECR through the credential helper
 overridden = overrides.apply()  # per-service compose overrides: memory limit, fixed IP, pins
 units.apply(network.apply(), overridden)  # the network (and compose audit) before the units
+overrides.prune()  # after the units stopped a removed service (its ExecStop names the file)
 firewall.apply()  # a service's published port on a non-front host answers only to the front
 tls.apply()  # the certificate (or a clear stop) before the site that uses it
 nginx.apply()

@@ -18,7 +18,7 @@ import json
 import re
 from io import StringIO
 
-from pyinfra import host, inventory
+from pyinfra import host, inventory, logger
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
@@ -26,6 +26,7 @@ from pyinfra.operations.util import any_changed
 from watchme.cron import remove_guard_cron_lines
 from watchme.network_check import network_check
 from watchme.placement import services_here
+from watchme.units import LoadedUnits
 
 SYSTEM_DIR = "/etc/systemd/system"
 UNITS = ("watchme-guard.service", "watchme-guard.timer")
@@ -107,14 +108,24 @@ def apply() -> None:
     # The seed's layout: the unit lives in the config root, /etc/systemd/system links it.
     links = [files.link(name=f"Link unit {SYSTEM_DIR}/{unit}", path=f"{SYSTEM_DIR}/{unit}",
                         target=f"{conf}/{unit}") for unit in UNITS]
-    systemd.daemon_reload(name="Reload systemd (a guard unit changed)",
-                          _if=any_changed(*units.values(), *links))
+    # A run killed between writing a guard unit and daemon-reload leaves the file up to date
+    # and systemd running the old one (NeedDaemonReload): this run finishes the job.
+    loaded = host.get_fact(LoadedUnits, units=list(UNITS))
+    never_loaded = [u for u in UNITS if loaded.get(u, {}).get("need_reload")]
+    if never_loaded:
+        logger.warning(f"{host.print_prefix}systemd has not loaded the file of "
+                       f"{', '.join(never_loaded)} (an interrupted run): reloading")
+        systemd.daemon_reload(name="Reload systemd (a guard unit file was never loaded)")
+    else:
+        systemd.daemon_reload(name="Reload systemd (a guard unit changed)",
+                              _if=any_changed(*units.values(), *links))
     # The seed's */5 crontab line goes before the timer starts: never both guards at once.
     remove_guard_cron_lines(name="Remove the seed's guard crontab lines (backup first)",
                             backup_dir=f"{d.config_root}/backups")
     systemd.service(name="Enable and start watchme-guard.timer", service="watchme-guard.timer",
                     running=True, enabled=True,
-                    restarted=units["watchme-guard.timer"].will_change)
+                    restarted=units["watchme-guard.timer"].will_change
+                    or "watchme-guard.timer" in never_loaded)
 
 
 def check_now() -> None:

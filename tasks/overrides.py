@@ -18,6 +18,7 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import DeployError
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import FindFiles
 from pyinfra.operations import files
 
 from watchme import images
@@ -66,3 +67,15 @@ def apply() -> dict[str, OperationMeta]:
     if problems:
         raise DeployError(f"{host.name}: " + "; ".join(problems))
     return out
+
+
+def prune() -> None:
+    """Remove the override of a service that left the registry (or was disabled), after the
+    units stopped it: its unit's ExecStop still names the file. Pins stay recorded."""
+    d = host.data
+    directory = f"{d.config_root}/compose"
+    wanted = {images.override_path(d.config_root, s.name) for s in d.registry.enabled_services}
+    found = host.get_fact(FindFiles, path=directory, maxdepth=1, fname="*.override.yml") or []
+    for path in sorted(set(found) - wanted):
+        files.file(name=f"Remove the override of a removed service {path}", path=path,
+                   present=False)

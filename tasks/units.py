@@ -9,7 +9,9 @@ unit directory, never a unit linked into the operator's git clone.
 Adopting a running service restarts nothing: what was at /etc/systemd/system/<unit> is kept
 (resolved, watchme/adopt.py), our link replaces it, systemd reloads, and an active unit keeps
 running. A unit whose file changed but was never loaded (a run killed before daemon-reload:
-systemd's NeedDaemonReload) is reloaded and restarted by the next run.
+systemd's NeedDaemonReload) is reloaded and restarted by the next run; so is a running
+service whose container's memory limit or fixed IP is not its override's (a run killed
+between writing the override and the restart).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from watchme.adopt import adopt
 from watchme.images import override_path
 from watchme.network import ComposeFiles, create_command
 from watchme.placement import services_here
-from watchme.units import (LoadedUnits, UnitFiles, VendorUnits, WantsLinks, ours, stale_wants,
-                           unit_name)
+from watchme.units import (LoadedUnits, RunningContainers, UnitFiles, VendorUnits, WantsLinks,
+                           drifted, ours, stale_wants, unit_name)
 
 SYSTEM_DIR = "/etc/systemd/system"
 
@@ -61,20 +63,27 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
     loaded = host.get_fact(LoadedUnits, units=sorted(wanted))
     never_loaded = sorted(u for u in wanted if loaded.get(u, {}).get("need_reload"))
     compose = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
+    containers = host.get_fact(RunningContainers, containers=[s.container for s in services]) \
+        if services else {}
 
     # The operator's git clone is never written: while config_root is still the clone (the old
     # default), a removed unit is only unlinked and the directory keeps its owner.
     clone = d.get("operator_clone", "/home/ubuntu/watchme-server-configs").rstrip("/")
     in_clone = unit_dir == clone or unit_dir.startswith(clone + "/")
+    # A run killed after unlinking a removed unit left its file in our unit directory: no link
+    # names it any more, so the file itself says it is left over.
+    leftover = [] if in_clone else [
+        n for n in host.get_fact(UnitFiles, directory=unit_dir) or {}  # None: no directory yet
+        if n not in wanted and n not in stale]
     changes = []
     for unit in stale:
         changes.append(systemd.service(name=f"Stop and disable removed service {unit}",
                                        service=unit, running=False, enabled=False))
         changes.append(files.link(name=f"Unlink removed unit {SYSTEM_DIR}/{unit}",
                                   path=f"{SYSTEM_DIR}/{unit}", present=False))
-        if not in_clone:
-            changes.append(files.file(name=f"Remove unit file {unit_dir}/{unit}",
-                                      path=f"{unit_dir}/{unit}", present=False))
+    for unit in ([] if in_clone else [*stale, *leftover]):
+        changes.append(files.file(name=f"Remove unit file {unit_dir}/{unit}",
+                                  path=f"{unit_dir}/{unit}", present=False))
 
     owner = {} if in_clone else {"user": "root", "group": "root", "mode": "755"}
     files.directory(name=f"Unit directory {unit_dir}", path=unit_dir, **owner)
@@ -126,7 +135,9 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
         start = s.start and exists
         changed = rendered[s.name].will_change or unit in never_loaded or (
             s.name in (migrated or {}) and migrated[s.name].will_change) or (
-            s.name in (overridden or {}) and overridden[s.name].will_change)
+            s.name in (overridden or {}) and (overridden[s.name].will_change or drifted(
+                s, containers.get(s.container), d.network_name,
+                override_path(d.config_root, s.name))))
         # Adopted now: the service runs as the operator started it; no restart (an inactive
         # one is started by running=True).
         adopting = adopted[unit].will_change and unit not in never_loaded

@@ -73,6 +73,35 @@ def test_loaded_units_fact_reads_need_daemon_reload_for_all_units_at_once():
         "watchme-b.service": {"need_reload": False, "active": "inactive"}}
 
 
+def test_running_containers_fact_reads_memory_and_ips_of_running_ones():
+    from watchme.units import RunningContainers
+    fact = RunningContainers()
+    assert fact.command(containers=["watchme-a", "watchme-b"]).startswith("docker inspect -f ")
+    assert fact.command(containers=["a"]).endswith(" -- a 2>/dev/null || true")
+    assert fact.process(["/watchme-a true 33554432 files=/c.yml,/o.yml bridge=172.17.0.2 "
+                         "watchme-network=172.27.0.6", "/watchme-b false 0 files=",
+                         "/watchme-c true 0 files= watchme-network=172.27.0.8"]) == {
+        "watchme-a": {"memory": 33554432, "files": ["/c.yml", "/o.yml"],
+                      "ips": {"bridge": "172.17.0.2", "watchme-network": "172.27.0.6"}},
+        "watchme-c": {"memory": 0, "files": [], "ips": {"watchme-network": "172.27.0.8"}}}
+
+
+def test_container_drifted_from_its_override():
+    import ipaddress
+    from types import SimpleNamespace
+    from watchme.units import drifted
+    svc = SimpleNamespace(memory_mib=48, ip=ipaddress.ip_address("172.27.0.9"))
+    net, o = "watchme-network", "/opt/watchme/compose/b.override.yml"
+    ok = {"memory": 48 << 20, "files": ["/srv/b.yml", o], "ips": {net: "172.27.0.9"}}
+    assert not drifted(svc, ok, net, o)
+    assert not drifted(svc, None, net, o), "not running: the unit starts it"
+    assert drifted(svc, {**ok, "memory": 32 << 20}, net, o)
+    assert drifted(svc, {**ok, "ips": {net: "172.27.0.7"}}, net, o)
+    assert not drifted(SimpleNamespace(memory_mib=48, ip=None), {**ok, "ips": {}}, net, o)
+    # Adopted as the operator started it (no override): adoption restarts nothing.
+    assert not drifted(svc, {**ok, "memory": 0, "files": ["/srv/b.yml"]}, net, o)
+
+
 def test_unit_name_defaults_to_the_seed_convention():
     from types import SimpleNamespace
     from watchme.units import unit_name

@@ -100,6 +100,48 @@ class LoadedUnits(FactBase):
         return out
 
 
+class RunningContainers(FactBase):
+    """What Docker runs for the given containers: {container: {"memory": bytes, "files":
+    [the compose files it was created from], "ips": {network: ip}}}, running ones only.
+
+    A run killed after writing a service's compose override but before restarting the
+    service leaves the override looking up to date while the container still runs with the
+    old memory limit or IP: only the container itself tells.
+    """
+
+    FORMAT = ("{{.Name}} {{.State.Running}} {{.HostConfig.Memory}} "
+              "files={{index .Config.Labels \"com.docker.compose.project.config_files\"}}"
+              "{{range $k, $v := .NetworkSettings.Networks}} {{$k}}={{$v.IPAddress}}{{end}}")
+
+    def command(self, containers: list[str]) -> str:
+        # docker inspect exits 1 when one of them does not exist, after printing the others.
+        return (shlex.join(["docker", "inspect", "-f", self.FORMAT, "--", *containers])
+                + " 2>/dev/null || true")
+
+    def process(self, output):
+        out: dict[str, dict] = {}
+        for line in output:
+            name, running, memory, *rest = line.split()
+            if running != "true" or not memory.isdigit():
+                continue
+            files = rest.pop(0).removeprefix("files=") if rest and rest[0].startswith("files=") else ""
+            out[name.lstrip("/")] = {"memory": int(memory), "files": [f for f in files.split(",") if f],
+                                     "ips": dict(n.split("=", 1) for n in rest if "=" in n)}
+        return out
+
+
+def drifted(service, container: dict | None, network: str, override: str) -> bool:
+    """A running container created from its override whose memory limit or fixed IP is not
+    the registry's: it was created before the override changed and must be recreated
+    (restarted). One not created from the override (adopted as the operator started it) is
+    left running: adoption restarts nothing."""
+    if container is None or override not in container["files"]:
+        return False
+    if container["memory"] != service.memory_mib * 1024 * 1024:
+        return True
+    return service.ip is not None and container["ips"].get(network) != str(service.ip)
+
+
 def ours(units: dict[str, str | None], target_dir: str) -> list[str]:
     """Names of the links that point into target_dir: the units this deploy made. Links into
     anywhere else (the operator's git clone) are never ours to stop or delete."""
