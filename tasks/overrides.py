@@ -70,11 +70,12 @@ def apply() -> dict[str, OperationMeta]:
 
 
 def prune() -> None:
-    """Remove the override of a service that left the registry (or was disabled), after the
-    units stopped it: its unit's ExecStop still names the file. Pins stay recorded."""
+    """Remove the override of a service that left this host (the registry, disabled, or placed
+    elsewhere), after the units stopped it: its unit's ExecStop still names the file. Pins
+    stay recorded."""
     d = host.data
     directory = f"{d.config_root}/compose"
-    wanted = {images.override_path(d.config_root, s.name) for s in d.registry.enabled_services}
+    wanted = {images.override_path(d.config_root, s.name) for s in services_here(host, inventory)}
     found = host.get_fact(FindFiles, path=directory, maxdepth=1, fname="*.override.yml") or []
     for path in sorted(set(found) - wanted):
         files.file(name=f"Remove the override of a removed service {path}", path=path,
