@@ -59,6 +59,13 @@ def run_deploy(env: dict[str, str], *args: str, tool: str = PYINFRA, yes: bool =
     return Run(p.returncode, p.stdout, p.stderr)
 
 
+def pytest_collection_modifyitems(items):
+    """Every test on a real test host is e2e, so `-m "not e2e"` is exactly the unit suite."""
+    for item in items:
+        if "testhost" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="module")
 def testhost():
     host = th.start()
