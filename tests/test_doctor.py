@@ -57,7 +57,8 @@ HEALTHY = {"nginx_rc": "0", "nginx_out": "test is successful", "docker_active": 
            "guard_disk": json.dumps({"root": "/var/lib/docker", "percent": 40}),
            "guard_net": _net(),
            **{f"{s}.{k}": v for s in ("alpha", "beta") for k, v in
-              (("listen", "yes"), ("upstream", "200"), ("route", "200"))}}
+              (("listen", "yes"), ("upstream", "200"), ("route", "200"),
+               ("image", f"r.example/{s}:1"), ("pull", '{"ok": true, "cause": ""}'))}}
 
 
 def _rows(cfg, **changes) -> dict[tuple[str, str], doctor.Row]:
@@ -72,7 +73,9 @@ def test_probe_script_is_valid_sh(cfg):
 
 def test_healthy_values_pass(cfg):
     rows = _rows(cfg)
-    assert all(r.ok for r in rows.values()) and len(rows) == 6 + 2 * 5
+    assert all(r.ok for r in rows.values()) and len(rows) == 6 + 2 * 6
+    off = doctor.diagnose(HEALTHY, {**cfg, "compose_pull": False})
+    assert [r.detail for r in off if r.check == "image pull"] == ["pulls off (compose_pull is false)"] * 2
 
 
 def test_oom_killed_container_with_its_real_limit(cfg):
@@ -124,10 +127,42 @@ def test_every_advice_formats(cfg):
            "memory_limit": "1g", "real_limit": "1g", "state": "exited", "exit_code": 1,
            "oom": "true", "upstream_path": "/", "upstream_url": "u", "public_path": "/p/",
            "want": "200", "internal": "i", "code": "500", "rcode": "502", "error": "e",
-           "found": "x", "swap_file": "/swapfile", "swap_size_mib": 2048}
+           "found": "x", "swap_file": "/swapfile", "swap_size_mib": 2048,
+           "image": "i:1", "detail": "d"}
     for check, findings in doctor.ADVICE.items():
         for finding, (cause, fix) in findings.items():
             assert cause.format(**ctx) and fix.format(**ctx), (check, finding)
+
+
+PULLS = {**{k: v for k, v in HEALTHY.items()}, "alpha.image": "r.example/alpha:1",
+         "beta.image": "!the file is missing"}
+
+
+@pytest.mark.parametrize("answer, ok, cause", [
+    ({"ok": True, "cause": ""}, True, None),
+    ({"ok": False, "cause": "unauthorized", "detail": "authorization token has expired"}, False,
+     "the registry refused the credentials: authorization token has expired"),
+    ({"ok": False, "cause": "no_docker"}, False, "the pull check cannot run: docker is not installed"),
+    (None, False, "the pull check cannot run: no answer from pull_check.py"),
+])
+def test_image_pull_row_from_pull_check(cfg, answer, ok, cause):
+    values = {**PULLS, "alpha.pull": json.dumps(answer) if answer else ""}
+    rows = {(r.scope, r.check): r for r in doctor.diagnose(values, {**cfg, "compose_pull": True})}
+    row = rows["alpha", "image pull"]
+    assert row.ok == ok and (ok or row.cause == cause)
+    beta = rows["beta", "image pull"]
+    assert not beta.ok and beta.cause.endswith("the file is missing")
+
+
+def test_pull_script_and_images(cfg):
+    compose = {"/opt/a.yml": {"text": "services:\n  a:\n    image: r.example/a:1\n"}}
+    s = cfg["registry"].enabled_services[0]
+    images = doctor.service_images(cfg, {s.compose_file: compose["/opt/a.yml"]})
+    assert images[s.name] == "r.example/a:1"
+    script = doctor.pull_script({**cfg, "ecr_registry": "r.example", "ecr_region": "x y"}, images)
+    assert f"{s.name}.pull=$(python3 /opt/watchme/scripts/pull_check.py --json --registry " \
+           "r.example --region 'x y' r.example/a:1" in script
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
 
 
 # End to end ------------------------------------------------------------------------------
