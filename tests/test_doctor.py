@@ -231,7 +231,7 @@ def test_bad_data_is_refused():
 
 @pytest.mark.e2e
 def test_container_stopped(running, host, testhost_env, cfg):
-    host.check_output("systemctl stop alpha.service")
+    host.check_output("systemctl stop watchme-alpha.service")
     try:
         rc, rows = run_doctor(testhost_env, cfg)
         assert rc == 1
@@ -239,19 +239,19 @@ def test_container_stopped(running, host, testhost_env, cfg):
                                   ("container running", "port listening", "upstream answers", "route via nginx")}
         assert rows["alpha", "memory limit"]["detail"] == "no container (registry 32m)"
         assert rows["alpha", "container running"]["cause"] == "no container watchme-alpha"
-        assert rows["alpha", "container running"]["fix"].startswith("sudo systemctl start alpha.service")
+        assert rows["alpha", "container running"]["fix"].startswith("sudo systemctl start watchme-alpha.service")
         route = rows["alpha", "route via nginx"]
         assert route["cause"].startswith("502: Nginx gets no good answer from http://localhost:8000/")
-        assert route["fix"].startswith("the container row: start it (sudo systemctl start alpha.service)")
+        assert route["fix"].startswith("the container row: start it (sudo systemctl start watchme-alpha.service)")
     finally:
-        host.check_output("systemctl start alpha.service")
+        host.check_output("systemctl start watchme-alpha.service")
         _wait_healthy(host)
 
 
 @pytest.mark.e2e
 def test_port_closed(running, host, testhost_env, cfg):
     """The container runs, but its port is not published (a compose file without ports:)."""
-    host.check_output("systemctl stop alpha.service && docker run -d --name watchme-alpha "
+    host.check_output("systemctl stop watchme-alpha.service && docker run -d --name watchme-alpha "
                       f"--network watchme-network --ip {ALPHA['ip']} --memory 32m {fake_services.IMAGE} "
                       "/bin/busybox sleep 1d")
     try:
@@ -264,7 +264,7 @@ def test_port_closed(running, host, testhost_env, cfg):
         assert port["fix"].startswith("docker port watchme-alpha must show 8000")
         assert rows["alpha", "route via nginx"]["fix"].startswith("the port row: publish port 8000")
     finally:
-        host.check_output("docker rm -f watchme-alpha && systemctl start alpha.service")
+        host.check_output("docker rm -f watchme-alpha && systemctl start watchme-alpha.service")
         _wait_healthy(host)
 
 
