@@ -10,7 +10,7 @@ from tests.conftest import assert_idempotent
 from tests.guard_helpers import (DISK_GUARD, NET, ROOT_DIR, busybox_image, ensure_network,
                                  run_container, sh, write_registry)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.provisioned]  # packages preinstalled
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from tests.conftest import ROOT, WATCHME, assert_idempotent
 from tests.fake_services import wait
 from watchme import doctor
 
+pytestmark = pytest.mark.provisioned  # e2e hosts: packages preinstalled (tests/provisioned.py)
+
 ALPHA = {"name": "alpha", "container": "watchme-alpha", "ip": "172.27.0.6", "port": 8000}
 BETA = {"name": "beta", "container": "watchme-beta", "ip": "172.27.0.7", "port": 8001}
 VHOST = "api.hey-watch.me"

@@ -15,7 +15,7 @@ from tests.conftest import assert_idempotent
 from tests.guard_helpers import (MONITOR, NET, ROOT_DIR, SCRIPTS, apt_install, busybox_image,
                                  ensure_network, ip_of, monitor, run_container, sh, write_registry)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.provisioned]  # packages preinstalled
 
 MEMBERS = [("svc-a", "mon-a", "172.27.0.20"), ("svc-b", "mon-b", "172.27.0.21"),
            ("svc-c", "mon-c", "172.27.0.22")]

@@ -13,7 +13,7 @@ from tests import fake_services
 from tests.fake_services import wait
 from tests.conftest import assert_idempotent
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.provisioned]  # packages preinstalled
 
 ALPHA = {"name": "alpha", "container": "watchme-alpha", "ip": "172.27.0.6", "port": 8000}
 BETA = {"name": "beta", "container": "watchme-beta", "ip": "172.27.0.7", "port": 8001}

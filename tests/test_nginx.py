@@ -21,7 +21,7 @@ from tests.conftest import ROOT, assert_idempotent, run_deploy
 from watchme.registry import load
 from watchme.routes import upstream_uri
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.provisioned]  # packages preinstalled
 
 REGISTRY = load()
 VHOST = "api.hey-watch.me"

@@ -18,6 +18,8 @@ import pytest
 from tests import fake_services, registry_images as ri
 from tests.conftest import ROOT, WATCHME, assert_idempotent
 
+pytestmark = pytest.mark.provisioned  # e2e hosts: packages preinstalled (tests/provisioned.py)
+
 APP = {"name": "app", "container": "watchme-app", "ip": "172.27.0.40", "port": 8040,
        "memory_limit": "48m"}
 DYN = {"name": "dyn", "container": "watchme-dyn", "ip": None, "port": 8041, "memory_limit": "40m"}

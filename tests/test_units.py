@@ -15,6 +15,8 @@ from tests import fake_services
 from tests.fake_services import wait
 from tests.conftest import ROOT, assert_idempotent, run_deploy
 
+pytestmark = pytest.mark.provisioned  # e2e hosts: packages preinstalled (tests/provisioned.py)
+
 ALPHA = {"name": "alpha", "container": "watchme-alpha", "ip": "172.27.0.6", "port": 8000, "priority": 1}
 BETA = {"name": "beta", "container": "watchme-beta", "ip": "172.27.0.7", "port": 8001}
 GAMMA = {"name": "gamma", "container": "watchme-gamma", "ip": "172.27.0.8", "port": 8002}
