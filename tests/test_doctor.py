@@ -183,8 +183,8 @@ def running(deploy, host, cfg):
 def _wait_healthy(host) -> None:
     # Nginx keeps an upstream marked failed for fail_timeout (10 s) after a failed request.
     for s in (ALPHA, BETA):
-        wait(host, f"[ $(curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {VHOST}' "
-                   f"http://127.0.0.1/{s['name']}/) = 200 ]", seconds=40)
+        wait(host, f"[ $(curl -sk -o /dev/null -w '%{{http_code}}' --resolve {VHOST}:443:127.0.0.1 "
+                   f"https://{VHOST}/{s['name']}/) = 200 ]", seconds=40)
 
 
 def run_doctor(testhost_env, cfg, *args) -> tuple[int, dict]:
@@ -214,7 +214,7 @@ def test_text_table(running, testhost_env, cfg):
     p = subprocess.run([WATCHME, "doctor"], cwd=ROOT, capture_output=True, text=True,
                        env={**env, **testhost_env, **cfg["env"]})
     assert p.returncode == 0
-    assert ": all 16 checks pass" in p.stdout.splitlines()[0]
+    assert ": all 18 checks pass" in p.stdout.splitlines()[0]
     assert "route via nginx" in p.stdout
 
 

@@ -117,7 +117,8 @@ ADVICE: dict[str, dict[str, tuple[str, str]]] = {
         "nginx404": ("404 from Nginx: no location for {public_path} in the live site",
                      "run the deploy (it renders and reloads the site); check sudo nginx -t and "
                      "sudo nginx -T | grep -A5 'location {public_path}'"),
-        "none": ("Nginx does not answer on port 80", "sudo systemctl status nginx; sudo nginx -t"),
+        "none": ("Nginx does not answer (port 443; port 80 when http_only)",
+                 "sudo systemctl status nginx; sudo nginx -t"),
         "other": ("answered {rcode}, expected {want}", "sudo tail -n 50 /var/log/nginx/error.log")},
     # {scripts}/pull_check.py's classification of a failed pull (its causes, its fixes).
     "image pull": {
@@ -149,7 +150,7 @@ ADVICE: dict[str, dict[str, tuple[str, str]]] = {
 
 SETTINGS = ("network_name", "network_subnet", "network_gateway", "server_name", "registry",
             "disk_prune_threshold", "swap_file", "swap_size_mib", "infra_unit", "config_root",
-            "compose_pull", "ecr_registry", "ecr_region")
+            "compose_pull", "ecr_registry", "ecr_region", "http_only")
 
 
 def row(scope: str, check: str, name: str, detail: str, finding: str | None, ctx: dict) -> Row:
@@ -166,6 +167,15 @@ def settings(data) -> dict:
     cfg["scripts"] = f"{cfg['config_root']}/scripts"
     cfg["members"] = f"{cfg['config_root']}/monitor/members.json"
     return cfg
+
+
+def route(cfg: dict, path: str) -> str:
+    """curl arguments for a route through the live Nginx: HTTPS (any certificate, as the
+    deploy's probes) unless the site is http_only, whose port 80 redirects everything."""
+    q, name = shlex.quote, cfg["server_name"]
+    if cfg.get("http_only"):
+        return f"-H {q('Host: ' + name)} {q('http://127.0.0.1' + path)}"
+    return f"-k --resolve {q(name + ':443:127.0.0.1')} {q('https://' + name + path)}"
 
 
 def probe_script(cfg: dict) -> str:
@@ -195,8 +205,7 @@ def probe_script(cfg: dict) -> str:
             f'case " $ports " in *" {s.port:04X} "*) echo "{k}.listen=yes";; '
             f'*) echo "{k}.listen=no";; esac',
             f'echo "{k}.upstream=$(code {q(internal)})"',
-            f'echo "{k}.route=$(code -H {q("Host: " + cfg["server_name"])} '
-            f'{q("http://127.0.0.1" + s.probe_url_path)})"',
+            f'echo "{k}.route=$(code {route(cfg, s.probe_url_path)})"',
         ]
     return "\n".join(lines) + "\n"
 
