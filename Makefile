@@ -19,7 +19,12 @@ HOST_CMDS := docker debootstrap ssh ssh-keygen tar
 LOCAL_ENV := env $(foreach v,$(filter WATCHME_%,$(.VARIABLES)),-u $(v)) \
              WATCHME_TESTHOST=$(CURDIR)/.testhost/current.json
 
-.PHONY: deploy-local test deps venv test-venv image bench clean
+# mermaid's own parser for tests/test_docs.py (the README's diagram), once per machine; only
+# where npm exists (the test is skipped elsewhere).
+MERMAID_DIR ?= $(or $(WATCHME_MERMAID_DIR),$(HOME)/.cache/watchme/mermaid)
+MERMAID_PKGS := mermaid@11.17.2 jsdom@29.1.1
+
+.PHONY: deploy-local test deps venv test-venv image bench clean mermaid
 
 # Debian/Ubuntu: install what is missing with apt. Elsewhere: check, and say what to install.
 deps:
@@ -67,7 +72,12 @@ deploy-local: image
 	$(LOCAL_ENV) $(VENV)/bin/watchme deploy -y --limit testhost
 	@echo; echo "Test host ready. Reach it with:"; echo "  $$($(PY) -m watchme.testhost ssh)"
 
-test: image
+mermaid:
+	@if command -v npm >/dev/null 2>&1 && [ ! -d $(MERMAID_DIR)/node_modules/mermaid ]; then \
+	  npm install --prefix $(MERMAID_DIR) --no-audit --no-fund $(MERMAID_PKGS) >/dev/null; \
+	fi
+
+test: image mermaid
 	$(PY) -m pytest
 
 bench: image

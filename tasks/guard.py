@@ -2,7 +2,8 @@
 "自動監視設定").
 
 Installs the host scripts (files/: docker_api.py, network_monitor.py, network_repair.py,
-disk_guard.py, deploy_lock.py, check-infrastructure.sh) into {config_root}/scripts (the
+disk_guard.py, deploy_lock.py, pull_check.py (run by `watchme doctor`),
+check-infrastructure.sh) into {config_root}/scripts (the
 seed's commands still work there), renders the expected members from the registry and the
 guard's settings from group_data into {config_root}/monitor, and runs them every
 guard_interval from watchme-guard.timer instead of the seed's crontab line, which the same
@@ -31,7 +32,7 @@ from watchme.units import LoadedUnits
 SYSTEM_DIR = "/etc/systemd/system"
 UNITS = ("watchme-guard.service", "watchme-guard.timer")
 SCRIPTS = ("docker_api.py", "network_monitor.py", "network_repair.py", "disk_guard.py",
-           "deploy_lock.py", "check-infrastructure.sh")
+           "deploy_lock.py", "pull_check.py", "check-infrastructure.sh")
 # The guard reconnects one container at most once per hour; more is a flap (issue 12 §4).
 FLAP_WINDOW = 3600
 # systemd time spans as the timer accepts them, e.g. 5min, 90s, 1h 30min.

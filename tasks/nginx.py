@@ -33,7 +33,12 @@ def apply() -> None:
     backups = f"{site_dir}/backups"
     state_dir = d.get("state_dir", "/var/lib/watchme")
     script = f"{d.config_root}/scripts/nginx-safe-apply"
-    links = [f"/etc/nginx/sites-available/{d.server_name}", f"/etc/nginx/sites-enabled/{d.server_name}"]
+    if d.get("nginx_layout", "sites") == "conf.d":
+        # nginx.org's package has no sites-enabled/: its nginx.conf includes conf.d/*.conf.
+        links = [f"/etc/nginx/conf.d/{d.server_name}.conf"]
+    else:
+        links = [f"/etc/nginx/sites-available/{d.server_name}",
+                 f"/etc/nginx/sites-enabled/{d.server_name}"]
     # Services on other hosts are reached at their host's private address (watchme/placement.py).
     services = placement.routed(d.registry, inventory, placement.private_address)
 

@@ -15,6 +15,12 @@ from pathlib import Path
 
 import pytest
 import testinfra
+from gevent import monkey
+
+# pyinfra_cli patches the whole process for gevent when imported (monkey.patch_all()). The
+# tests never connect in process (deploys and CLIs run as subprocesses, which still patch),
+# and a patched threading deadlocks pytest-xdist's worker loop (LoopExit): leave it unpatched.
+monkey.patch_all = lambda *args, **kwargs: None
 
 from watchme import testhost as th
 
@@ -59,9 +65,22 @@ def run_deploy(env: dict[str, str], *args: str, tool: str = PYINFRA, yes: bool =
     return Run(p.returncode, p.stdout, p.stderr)
 
 
+def pytest_collection_modifyitems(items):
+    """Every test on a real test host is e2e, so `-m "not e2e"` is exactly the unit suite."""
+    for item in items:
+        if "testhost" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="module")
-def testhost():
-    host = th.start()
+def testhost(request):
+    """A fresh host for the module: bare, or with the deploy's packages preinstalled when the
+    module is marked `provisioned` (tests/provisioned.py)."""
+    image = None
+    if request.node.get_closest_marker("provisioned"):
+        from tests import provisioned
+        image = provisioned.image()
+    host = th.start(image=image)
     yield host
     th.stop(host.name)
 

@@ -4,7 +4,8 @@ commands (or a noop) out. Every operation test uses this one; no other fake host
     commands, host = run_op(op, {Link: {"link_target": "/x"}}, path="/p", target="/x")
 
 facts: keyed by the fact class or its name; a value, or a callable(**fact_kwargs) for facts
-asked with arguments (Link per path).
+asked with arguments (Link per path). state: what the operation reads as pyinfra's State
+(host.state and ctx_state), e.g. is_executing and the other operations' meta.
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ class FakeHost:
 
 
 def run_op(op, facts: dict, *, executing: bool = True, diff: bool = False,
-           data: dict | None = None, **kwargs):
+           data: dict | None = None, state=None, **kwargs):
     """(the commands the operation yields, the fake host)."""
     host = FakeHost(facts, data)
-    state = SimpleNamespace(config=SimpleNamespace(DIFF=diff), is_executing=executing)
+    if state is None:
+        state = SimpleNamespace(config=SimpleNamespace(DIFF=diff), is_executing=executing)
+    host.state = state
+    host.current_op_hash = "current"
     with ExitStack() as stack:
         stack.enter_context(ctx_host.use(host))
         stack.enter_context(ctx_state.use(state))

@@ -25,7 +25,7 @@ INSTALL = "Install nginx, docker.io, curl, docker-compose, certbot, amazon-ecr-c
 
 def test_first_run_changes_the_bare_host(first_run):
     changed = first_run.changed()
-    assert "Config root /home/ubuntu/watchme-server-configs" in changed
+    assert "Config root /opt/watchme" in changed
 
 
 def test_everything_missing_installed_in_one_apt_run(first_run, host):
@@ -78,7 +78,7 @@ def test_swap_skip_reported_on_a_container(first_run, host):
 
 
 def test_config_root_owner_and_mode(first_run, host):
-    root = host.file("/home/ubuntu/watchme-server-configs")
+    root = host.file("/opt/watchme")
     assert root.is_directory
     assert (root.user, root.group, root.mode) == ("root", "root", 0o755)
 
@@ -129,19 +129,19 @@ def test_operator_env_form_works(first_run, testhost):
 def test_unsupported_distro_refused_before_any_change(first_run, deploy, host):
     host.run("cp --remove-destination /usr/lib/os-release /tmp/os-release.keep && "
              "rm /etc/os-release && printf 'ID=alpine\\nPRETTY_NAME=\"Alpine Linux v3.20\"\\n'"
-             " > /etc/os-release && rm -rf /home/ubuntu/watchme-server-configs")
+             " > /etc/os-release && rm -rf /opt/watchme")
     try:
         run = deploy()
         assert run.rc != 0
         assert "unsupported distro Alpine Linux v3.20" in run.last_line
         assert "127.0.0.1:" in run.last_line
-        assert not host.file("/home/ubuntu/watchme-server-configs").exists, "changed the host"
+        assert not host.file("/opt/watchme").exists, "changed the host"
     finally:
         host.run("rm /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release")
 
 
 def test_no_sudo_refused_before_any_change(first_run, deploy, host, testhost):
-    host.run("mv /etc/sudoers.d/90-ubuntu /root/90-ubuntu && rm -rf /home/ubuntu/watchme-server-configs")
+    host.run("mv /etc/sudoers.d/90-ubuntu /root/90-ubuntu && rm -rf /opt/watchme")
     try:
         run = deploy()
         assert run.rc != 0
@@ -152,7 +152,7 @@ def test_no_sudo_refused_before_any_change(first_run, deploy, host, testhost):
         # Without sudo, testinfra (which logs in as ubuntu) cannot undo this: use docker.
         subprocess.run(["docker", "exec", testhost.name, "mv", "/root/90-ubuntu",
                         "/etc/sudoers.d/90-ubuntu"], check=True)
-    assert not host.file("/home/ubuntu/watchme-server-configs").exists, "changed the host"
+    assert not host.file("/opt/watchme").exists, "changed the host"
 
 
 def test_second_run_changes_nothing(first_run, deploy):

@@ -12,6 +12,7 @@ the base image and the script), so the module pays the apt installs only the fir
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import subprocess
 import time
@@ -38,6 +39,14 @@ def _variant_image() -> str:
     tag = f"watchme-testhost-handbuilt:{digest}"
     if th.image_exists(tag):
         return tag
+    with open(th.CACHE_DIR / "handbuilt.lock", "w") as lock:  # parallel workers build once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not th.image_exists(tag):
+            _build_variant(base, tag)
+    return tag
+
+
+def _build_variant(base: str, tag: str) -> None:
     builder = th.start(image=base)
     try:
         subprocess.run(["docker", "exec", "-i", builder.name, "sh", "-s"], check=True,
@@ -51,7 +60,6 @@ def _variant_image() -> str:
         subprocess.run(["docker", "commit", builder.name, tag], check=True, capture_output=True)
     finally:
         th.stop(builder.name)
-    return tag
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from tests.conftest import ROOT, WATCHME, assert_idempotent
 from tests.fake_services import wait
 from watchme import doctor
 
+pytestmark = pytest.mark.provisioned  # e2e hosts: packages preinstalled (tests/provisioned.py)
+
 ALPHA = {"name": "alpha", "container": "watchme-alpha", "ip": "172.27.0.6", "port": 8000}
 BETA = {"name": "beta", "container": "watchme-beta", "ip": "172.27.0.7", "port": 8001}
 VHOST = "api.hey-watch.me"
@@ -57,7 +59,8 @@ HEALTHY = {"nginx_rc": "0", "nginx_out": "test is successful", "docker_active": 
            "guard_disk": json.dumps({"root": "/var/lib/docker", "percent": 40}),
            "guard_net": _net(),
            **{f"{s}.{k}": v for s in ("alpha", "beta") for k, v in
-              (("listen", "yes"), ("upstream", "200"), ("route", "200"))}}
+              (("listen", "yes"), ("upstream", "200"), ("route", "200"),
+               ("image", f"r.example/{s}:1"), ("pull", '{"ok": true, "cause": ""}'))}}
 
 
 def _rows(cfg, **changes) -> dict[tuple[str, str], doctor.Row]:
@@ -72,7 +75,9 @@ def test_probe_script_is_valid_sh(cfg):
 
 def test_healthy_values_pass(cfg):
     rows = _rows(cfg)
-    assert all(r.ok for r in rows.values()) and len(rows) == 6 + 2 * 5
+    assert all(r.ok for r in rows.values()) and len(rows) == 6 + 2 * 6
+    off = doctor.diagnose(HEALTHY, {**cfg, "compose_pull": False})
+    assert [r.detail for r in off if r.check == "image pull"] == ["pulls off (compose_pull is false)"] * 2
 
 
 def test_oom_killed_container_with_its_real_limit(cfg):
@@ -125,10 +130,41 @@ def test_every_advice_formats(cfg):
            "oom": "true", "upstream_path": "/", "upstream_url": "u", "public_path": "/p/",
            "want": "200", "internal": "i", "code": "500", "rcode": "502", "error": "e",
            "found": "x", "swap_file": "/swapfile", "swap_size_mib": 2048, "host": "b",
-           "answer": "ping: bad address"}
+           "answer": "ping: bad address", "image": "i:1", "detail": "d"}
     for check, findings in doctor.ADVICE.items():
         for finding, (cause, fix) in findings.items():
             assert cause.format(**ctx) and fix.format(**ctx), (check, finding)
+
+
+PULLS = {**{k: v for k, v in HEALTHY.items()}, "alpha.image": "r.example/alpha:1",
+         "beta.image": "!the file is missing"}
+
+
+@pytest.mark.parametrize("answer, ok, cause", [
+    ({"ok": True, "cause": ""}, True, None),
+    ({"ok": False, "cause": "unauthorized", "detail": "authorization token has expired"}, False,
+     "the registry refused the credentials: authorization token has expired"),
+    ({"ok": False, "cause": "no_docker"}, False, "the pull check cannot run: docker is not installed"),
+    (None, False, "the pull check cannot run: no answer from pull_check.py"),
+])
+def test_image_pull_row_from_pull_check(cfg, answer, ok, cause):
+    values = {**PULLS, "alpha.pull": json.dumps(answer) if answer else ""}
+    rows = {(r.scope, r.check): r for r in doctor.diagnose(values, {**cfg, "compose_pull": True})}
+    row = rows["alpha", "image pull"]
+    assert row.ok == ok and (ok or row.cause == cause)
+    beta = rows["beta", "image pull"]
+    assert not beta.ok and beta.cause.endswith("the file is missing")
+
+
+def test_pull_script_and_images(cfg):
+    compose = {"/opt/a.yml": {"text": "services:\n  a:\n    image: r.example/a:1\n"}}
+    s = cfg["registry"].enabled_services[0]
+    images = doctor.service_images(cfg, {s.compose_file: compose["/opt/a.yml"]})
+    assert images[s.name] == "r.example/a:1"
+    script = doctor.pull_script({**cfg, "ecr_registry": "r.example", "ecr_region": "x y"}, images)
+    assert f"{s.name}.pull=$(python3 /opt/watchme/scripts/pull_check.py --json --registry " \
+           "r.example --region 'x y' r.example/a:1" in script
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
 
 
 # End to end ------------------------------------------------------------------------------
@@ -147,8 +183,8 @@ def running(deploy, host, cfg):
 def _wait_healthy(host) -> None:
     # Nginx keeps an upstream marked failed for fail_timeout (10 s) after a failed request.
     for s in (ALPHA, BETA):
-        wait(host, f"[ $(curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: {VHOST}' "
-                   f"http://127.0.0.1/{s['name']}/) = 200 ]", seconds=40)
+        wait(host, f"[ $(curl -sk -o /dev/null -w '%{{http_code}}' --resolve {VHOST}:443:127.0.0.1 "
+                   f"https://{VHOST}/{s['name']}/) = 200 ]", seconds=40)
 
 
 def run_doctor(testhost_env, cfg, *args) -> tuple[int, dict]:
@@ -168,7 +204,8 @@ def test_healthy_host_all_rows_pass(running, testhost_env, cfg):
     rc, rows = run_doctor(testhost_env, cfg)
     assert _failing(rows) == set()
     assert rc == 0
-    assert len(rows) == 6 + 2 * 5
+    assert len(rows) == 6 + 2 * 6
+    assert rows["alpha", "image pull"]["detail"] == "pulls off (compose_pull is false)"  # test hosts
 
 
 @pytest.mark.e2e
@@ -177,7 +214,7 @@ def test_text_table(running, testhost_env, cfg):
     p = subprocess.run([WATCHME, "doctor"], cwd=ROOT, capture_output=True, text=True,
                        env={**env, **testhost_env, **cfg["env"]})
     assert p.returncode == 0
-    assert ": all 16 checks pass" in p.stdout.splitlines()[0]
+    assert ": all 18 checks pass" in p.stdout.splitlines()[0]
     assert "route via nginx" in p.stdout
 
 
@@ -197,7 +234,7 @@ def test_bad_data_is_refused():
 
 @pytest.mark.e2e
 def test_container_stopped(running, host, testhost_env, cfg):
-    host.check_output("systemctl stop alpha.service")
+    host.check_output("systemctl stop watchme-alpha.service")
     try:
         rc, rows = run_doctor(testhost_env, cfg)
         assert rc == 1
@@ -205,19 +242,19 @@ def test_container_stopped(running, host, testhost_env, cfg):
                                   ("container running", "port listening", "upstream answers", "route via nginx")}
         assert rows["alpha", "memory limit"]["detail"] == "no container (registry 32m)"
         assert rows["alpha", "container running"]["cause"] == "no container watchme-alpha"
-        assert rows["alpha", "container running"]["fix"].startswith("sudo systemctl start alpha.service")
+        assert rows["alpha", "container running"]["fix"].startswith("sudo systemctl start watchme-alpha.service")
         route = rows["alpha", "route via nginx"]
         assert route["cause"].startswith("502: Nginx gets no good answer from http://localhost:8000/")
-        assert route["fix"].startswith("the container row: start it (sudo systemctl start alpha.service)")
+        assert route["fix"].startswith("the container row: start it (sudo systemctl start watchme-alpha.service)")
     finally:
-        host.check_output("systemctl start alpha.service")
+        host.check_output("systemctl start watchme-alpha.service")
         _wait_healthy(host)
 
 
 @pytest.mark.e2e
 def test_port_closed(running, host, testhost_env, cfg):
     """The container runs, but its port is not published (a compose file without ports:)."""
-    host.check_output("systemctl stop alpha.service && docker run -d --name watchme-alpha "
+    host.check_output("systemctl stop watchme-alpha.service && docker run -d --name watchme-alpha "
                       f"--network watchme-network --ip {ALPHA['ip']} --memory 32m {fake_services.IMAGE} "
                       "/bin/busybox sleep 1d")
     try:
@@ -230,7 +267,7 @@ def test_port_closed(running, host, testhost_env, cfg):
         assert port["fix"].startswith("docker port watchme-alpha must show 8000")
         assert rows["alpha", "route via nginx"]["fix"].startswith("the port row: publish port 8000")
     finally:
-        host.check_output("docker rm -f watchme-alpha && systemctl start alpha.service")
+        host.check_output("docker rm -f watchme-alpha && systemctl start watchme-alpha.service")
         _wait_healthy(host)
 
 

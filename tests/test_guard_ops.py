@@ -6,6 +6,7 @@ test_monitor.py, test_disk.py."""
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,8 @@ from pyinfra.api import FunctionCommand
 from pyinfra.api.exceptions import DeployError
 from pyinfra.context import ctx_host, ctx_inventory
 
+from tests.pyinfra_fake import FakeHost, run_op
+
 from watchme import cron, disk
 from watchme import network_check as monitor
 from watchme.registry import load_data
@@ -23,34 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------ deploy operations
 
-class FakeHost:
-    name = "testhost"
-    print_prefix = "[testhost] "
-
-    def __init__(self, facts, data=None, ops_change=0, executing=False, done=()):
-        self.facts = facts
-        self.data = SimpleNamespace(**(data or {}))
-        self.data.get = lambda key, default=None: getattr(self.data, key, default)
-        self.noops = []
-        self.current_op_hash = "mine"
-        meta = lambda changed: SimpleNamespace(is_complete=lambda: True,
-                                               did_change=lambda: changed)
-        self.state = SimpleNamespace(
-            is_executing=executing,
-            get_meta_for_host=lambda h: SimpleNamespace(ops_change=ops_change),
-            ops={self: {f"op{i}": SimpleNamespace(operation_meta=meta(c))
-                        for i, c in enumerate(done)}})
-
-    def get_fact(self, fact, **kwargs):
-        return self.facts[fact]
-
-    def noop(self, text):
-        self.noops.append(text)
-
-
-def _run(op, fake, **kwargs):
-    with ctx_host.use(fake):
-        return list(op._inner(**kwargs))
+def _state(ops_change=0, executing=False, done=()):
+    """pyinfra's State as network_check reads it: the earlier operations' meta."""
+    meta = lambda changed: SimpleNamespace(is_complete=lambda: True, did_change=lambda: changed)
+    ops = {f"op{i}": SimpleNamespace(operation_meta=meta(c)) for i, c in enumerate(done)}
+    return SimpleNamespace(is_executing=executing,
+                           get_meta_for_host=lambda h: SimpleNamespace(ops_change=ops_change),
+                           ops=defaultdict(lambda: ops))  # state.ops[host]
 
 
 USAGE = {"root": "/var/lib/docker", "percent": 50, "threshold": 85, "pruned": False}
@@ -71,8 +53,9 @@ def test_disk_fact_reads_the_guards_check():
     (USAGE, 51, "disk: 50% of /var/lib/docker used, below the 51% threshold; nothing to prune"),
 ])
 def test_disk_op_noop_below_threshold(usage, threshold, noop):
-    fake = FakeHost({disk.DockerDiskUsage: usage})
-    assert _run(disk.docker_prune, fake, threshold=threshold, **PRUNE) == []
+    commands, fake = run_op(disk.docker_prune, {disk.DockerDiskUsage: usage},
+                            threshold=threshold, **PRUNE)
+    assert commands == []
     assert fake.noops == [noop]
 
 
@@ -82,8 +65,8 @@ def test_disk_op_noop_below_threshold(usage, threshold, noop):
     (False, True, "python3 /s/disk_guard.py --json --threshold 50 --members /m/members.json --volumes"),
 ])
 def test_disk_op_runs_the_guard_at_threshold(all_images, volumes, command):
-    fake = FakeHost({disk.DockerDiskUsage: USAGE})
-    (cmd,) = _run(disk.docker_prune, fake, threshold=50, all_images=all_images, volumes=volumes, **PRUNE)
+    (cmd,), fake = run_op(disk.docker_prune, {disk.DockerDiskUsage: USAGE}, threshold=50,
+                          all_images=all_images, volumes=volumes, **PRUNE)
     assert isinstance(cmd, FunctionCommand) and cmd.args == (command,)
     assert fake.noops == []
 
@@ -139,9 +122,8 @@ ARGS = {"script": "/s/network_monitor.py", "members": "/m/members.json"}
     (_report(("a", "exited", "stopped", False), network_ok=False), 0, False, (), False),
 ])
 def test_monitor_op_runs_only_when_it_can_matter(first, ops_change, executing, done, runs):
-    fake = FakeHost({monitor.NetworkReport: first}, ops_change=ops_change, executing=executing,
-                    done=done)
-    commands = _run(monitor.network_check, fake, **ARGS)
+    commands, fake = run_op(monitor.network_check, {monitor.NetworkReport: first},
+                            state=_state(ops_change, executing, done), **ARGS)
     assert bool(commands) == runs
     if runs:
         assert isinstance(commands[0], FunctionCommand) and commands[0].args == (
@@ -260,12 +242,13 @@ def test_cron_fact_finds_the_guard_lines_per_user():
 
 
 def test_cron_op_backs_up_then_removes_only_where_found():
-    fake = FakeHost({cron.GuardCronLines: {"ubuntu": [SEED_LINE]}})
-    assert _run(cron.remove_guard_cron_lines, fake, backup_dir="/opt/watchme/backups") == [
+    commands, _ = run_op(cron.remove_guard_cron_lines, {cron.GuardCronLines: {"ubuntu": [SEED_LINE]}},
+                         backup_dir="/opt/watchme/backups")
+    assert commands == [
         "mkdir -p /opt/watchme/backups && crontab -u ubuntu -l > "
         "/opt/watchme/backups/var_spool_cron_crontabs_ubuntu.backup.$(date +%Y%m%d_%H%M%S)",
         "crontab -u ubuntu -l | { grep -vE '(check-infrastructure\\.sh|network_monitor\\.py)' "
         "|| true; } | crontab -u ubuntu -"]
-    fake = FakeHost({cron.GuardCronLines: {}})
-    assert _run(cron.remove_guard_cron_lines, fake, backup_dir="/b") == []
+    commands, fake = run_op(cron.remove_guard_cron_lines, {cron.GuardCronLines: {}}, backup_dir="/b")
+    assert commands == []
     assert fake.noops == ["no crontab line runs the old guard"]

@@ -329,7 +329,7 @@ def _iso(epoch):
     ("created", "never-ran", None, NOW - 120, False, "stopped less than 10 min ago"),
     ("created", "never-ran-old", None, NOW - 3600, True, ""),
     ("running", "busy", None, NOW - 7200, False, "running"),
-])
+], ids=["old-junk", "service", "just-stopped", "never-ran", "never-ran-old", "running"])  # NOW
 def test_prunable(status, name, finished, created, ok, why):
     full = {"Name": f"/{name}", "Created": _iso(created),
             "State": {"Status": status, "Running": status == "running",

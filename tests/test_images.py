@@ -19,6 +19,8 @@ from tests.conftest import ROOT, assert_idempotent
 from tests.pyinfra_fake import run_op
 from watchme import images
 
+pytestmark = pytest.mark.provisioned  # e2e hosts: packages preinstalled (tests/provisioned.py)
+
 ECR = "754724220380.dkr.ecr.ap-southeast-2.amazonaws.com"
 
 spec = importlib.util.spec_from_file_location("pull_check", ROOT / "files" / "pull_check.py")

@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import ROOT, assert_idempotent
 
+pytestmark = pytest.mark.provisioned  # e2e hosts: packages preinstalled (tests/provisioned.py)
+
 ABSENT = ("apt-get", "dpkg", "dpkg-query", "docker", "sudo")
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 

@@ -61,7 +61,7 @@ def test_over_budget_refused_before_any_change(deploy, host, registries):
             "of 2048 MiB (102%)") in run.stderr
     assert "    alpha          1024         2" in run.stderr
     assert not host.package("nginx").is_installed, "changed the host"
-    assert not host.file("/home/ubuntu/watchme-server-configs").exists, "changed the host"
+    assert not host.file("/opt/watchme").exists, "changed the host"
 
 
 @pytest.mark.e2e

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 
 import pytest
 
@@ -15,7 +16,7 @@ from tests.conftest import assert_idempotent
 from tests.guard_helpers import (MONITOR, NET, ROOT_DIR, SCRIPTS, apt_install, busybox_image,
                                  ensure_network, ip_of, monitor, run_container, sh, write_registry)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.provisioned]  # packages preinstalled
 
 MEMBERS = [("svc-a", "mon-a", "172.27.0.20"), ("svc-b", "mon-b", "172.27.0.21"),
            ("svc-c", "mon-c", "172.27.0.22")]
@@ -162,10 +163,16 @@ def test_missing_container_reported(services, host):
     assert report["counts"]["missing"] == 1 and report["counts"]["stopped"] == 1
 
 
-def last_run_journal(host) -> str:
-    """The journal of the guard service's last run only."""
+def last_run_journal(host, last_line: str | None = None) -> str:
+    """The journal of the guard service's last run only. journald stores a unit's output
+    asynchronously: with last_line, wait (up to 10 s) until the run's last line is in."""
     invocation = sh(host, "systemctl show -p InvocationID --value watchme-guard.service").strip()
-    return sh(host, f"journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID={invocation}")
+    deadline = time.monotonic() + 10
+    while True:
+        text = sh(host, f"journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID={invocation}")
+        if last_line is None or last_line in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def test_timer_active_and_last_run_succeeded_in_the_journal(services, host):
@@ -250,7 +257,7 @@ def test_guard_does_nothing_while_a_deploy_holds_the_lock(services, host):
     sh(host, f"docker network disconnect {NET} mon-c")
     try:
         sh(host, "systemctl start watchme-guard.service")
-        journal = last_run_journal(host)
+        journal = last_run_journal(host, "guard skipped: a deploy is running")
         assert "a deploy holds /run/watchme/deploy.lock: alice@laptop" in journal
         assert "guard skipped: a deploy is running" in journal
         assert ip_of(host, "mon-c") == ""

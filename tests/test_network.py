@@ -13,7 +13,7 @@ from tests import fake_services
 from tests.fake_services import wait
 from tests.conftest import assert_idempotent
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.provisioned]  # packages preinstalled
 
 ALPHA = {"name": "alpha", "container": "watchme-alpha", "ip": "172.27.0.6", "port": 8000}
 BETA = {"name": "beta", "container": "watchme-beta", "ip": "172.27.0.7", "port": 8001}
@@ -79,13 +79,13 @@ def test_compose_audit_reports_driver_bridge(first_run, host):
 def drifted(first_run, host):
     """watchme-network recreated by hand with another subnet and gateway; alpha (by its
     unit) and a hand-started container with an alias are attached to it."""
-    host.check_output("systemctl stop alpha.service beta.service")
+    host.check_output("systemctl stop watchme-alpha.service watchme-beta.service")
     host.check_output(f"docker network rm {NET} && docker network create --subnet 172.27.0.0/24 "
                       f"--gateway 172.27.0.254 {NET}")
     host.check_output(f"docker run -d --init --name drifter --network {NET} --ip 172.27.0.50 "
                       f"--network-alias drift-alias {fake_services.IMAGE} /bin/busybox sh -c "
                       "'echo drifter > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www'")
-    host.check_output("systemctl start alpha.service")
+    host.check_output("systemctl start watchme-alpha.service")
     wait(host, "curl -sf http://127.0.0.1:8000/ | grep -qx alpha")
     return _inspect(host)
 
@@ -101,7 +101,7 @@ def test_drift_fails_with_the_diff_and_changes_nothing(drifted, deploy, host, en
     assert "watchme-alpha                172.27.0.6 aliases alpha" in err
     assert run.last_line.strip().startswith("fix: rerun with --data network_repair=true")
     assert _inspect(host)["Id"] == drifted["Id"], "the network was touched"
-    assert not host.service("beta.service").is_running, "a unit was started"
+    assert not host.service("watchme-beta.service").is_running, "a unit was started"
 
 
 def test_repair_recreates_and_keeps_ips_and_aliases(drifted, deploy, host, env):
@@ -143,7 +143,7 @@ def repaired(drifted, deploy, host, env):
 def test_no_service_starts_on_a_drifted_network(repaired, deploy, host, env):
     """The infrastructure unit checks the network too: drifted, it fails and takes its
     dependants down with it, instead of letting them start on the wrong subnet."""
-    host.check_output("systemctl stop alpha.service beta.service; "
+    host.check_output("systemctl stop watchme-alpha.service watchme-beta.service; "
                       f"docker rm -f drifter; docker network rm {NET} && "
                       f"docker network create --subnet 10.99.0.0/24 --gateway 10.99.0.1 {NET}")
     r = host.run("systemctl restart watchme-infrastructure.service")
@@ -151,7 +151,7 @@ def test_no_service_starts_on_a_drifted_network(repaired, deploy, host, env):
     log = host.check_output("journalctl -u watchme-infrastructure.service -n 20 --no-pager")
     assert f"{NET} differs from the wanted configuration:" in log
     assert "subnet   wanted 172.27.0.0/16    found 10.99.0.0/24" in log
-    assert host.run("systemctl start alpha.service").rc != 0
+    assert host.run("systemctl start watchme-alpha.service").rc != 0
     assert host.run("docker inspect watchme-alpha").rc != 0
     # An empty drifted network is repaired the same way; the units then start again.
     run = deploy("--data", "network_repair=true", env=env)

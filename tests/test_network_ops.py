@@ -11,33 +11,16 @@ import yaml
 from pyinfra.api.exceptions import OperationError
 from pyinfra.context import ctx_host
 
+from tests.pyinfra_fake import FakeHost, run_op
+
 from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_network,
                              migrate_compose)
-from watchme.units import UnitFiles, ours, unit_link
+from watchme.units import UnitFiles, ours
 
 WANTED = {"network": "watchme-network", "driver": "bridge", "subnet": "172.27.0.0/16",
           "gateway": "172.27.0.1", "script": "/s/network_repair.py"}
 ENSURE = ("python3 /s/network_repair.py --ensure --name watchme-network --driver bridge "
           "--subnet 172.27.0.0/16 --gateway 172.27.0.1")
-
-
-class FakeHost:
-    def __init__(self, facts: dict):
-        self.facts, self.noops, self.asked = facts, [], []
-
-    def get_fact(self, cls, **kwargs):
-        self.asked.append((cls, kwargs))
-        return self.facts[cls]
-
-    def noop(self, message: str) -> None:
-        self.noops.append(message)
-
-
-def run_op(op, facts: dict, **kwargs) -> tuple[list[str], FakeHost]:
-    fake = FakeHost(facts)
-    with ctx_host.use(fake):
-        commands = [str(c) for c in op._inner(**kwargs)]
-    return commands, fake
 
 
 def found(drift=(), journal=None, exists=True, containers=()):
@@ -61,8 +44,8 @@ def test_network_op(fact, repair, fixed, expect):
     cmds, fake = run_op(docker_network, {DockerNetwork: fact}, **WANTED, repair=repair, fixed_ips=fixed)
     assert cmds == expect
     assert bool(fake.noops) == (expect == [])
-    assert fake.asked == [(DockerNetwork, {k: v for k, v in WANTED.items() if k != "network"}
-                           | {"network": "watchme-network"})]
+    assert fake.asked == [("DockerNetwork", {k: v for k, v in WANTED.items() if k != "network"}
+                             | {"network": "watchme-network"})]
 
 
 @pytest.mark.parametrize("line", [
@@ -170,28 +153,7 @@ def test_migrate_refuses_flow_style_networks():
         migrate_compose("networks: {watchme-network: {driver: bridge}}\n", ["watchme-network"])
 
 
-# --- unit links --------------------------------------------------------------------------
-
-def test_unit_link_keeps_a_hand_written_file_as_backup():
-    cmds, _ = run_op(unit_link, {UnitFiles: {"alpha.service": None}},
-                     path="/etc/systemd/system/alpha.service", target="/cfg/systemd/alpha.service")
-    assert cmds == ["mv /etc/systemd/system/alpha.service "
-                    "/etc/systemd/system/alpha.service.backup.$(date +%Y%m%d_%H%M%S)",
-                    "ln -sfn /cfg/systemd/alpha.service /etc/systemd/system/alpha.service"]
-
-
-def test_unit_link_missing_or_elsewhere_is_linked():
-    for units in ({}, {"alpha.service": "/old/alpha.service"}):
-        cmds, _ = run_op(unit_link, {UnitFiles: units}, path="/etc/systemd/system/alpha.service",
-                         target="/cfg/systemd/alpha.service")
-        assert cmds == ["ln -sfn /cfg/systemd/alpha.service /etc/systemd/system/alpha.service"]
-
-
-def test_unit_link_in_place_is_a_noop():
-    cmds, fake = run_op(unit_link, {UnitFiles: {"alpha.service": "/cfg/systemd/alpha.service"}},
-                        path="/etc/systemd/system/alpha.service", target="/cfg/systemd/alpha.service")
-    assert cmds == [] and fake.noops
-
+# --- unit files --------------------------------------------------------------------------
 
 def test_ours_finds_links_into_the_config_root():
     units = UnitFiles().process(["link alpha.service /cfg/systemd/alpha.service",
@@ -202,12 +164,8 @@ def test_ours_finds_links_into_the_config_root():
 
 
 def test_infrastructure_unit_runs_the_same_ensure():
-    from types import SimpleNamespace
-
     from watchme.network import create_command
-    fake = FakeHost({})
-    fake.data = SimpleNamespace(config_root="/opt/watchme")
-    with ctx_host.use(fake):
+    with ctx_host.use(FakeHost({}, {"config_root": "/opt/watchme"})):
         assert create_command("watchme-network", "bridge", "172.27.0.0/16", "172.27.0.1") == (
             "/usr/bin/python3 /opt/watchme/scripts/network_repair.py --ensure --name "
             "watchme-network --driver bridge --subnet 172.27.0.0/16 --gateway 172.27.0.1")

@@ -27,6 +27,8 @@ from pyinfra.api.util import get_template
 from watchme.registry import RegistryError, Service, load_data
 from watchme.settings import Settings, control_character
 
+pytestmark = pytest.mark.provisioned  # e2e hosts: packages preinstalled (tests/provisioned.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 CANARY = "/tmp/pwned"
 INJECT = [f"$(touch {CANARY})", f"`touch {CANARY}`", f"';touch {CANARY};'", f'";touch {CANARY};"',

@@ -21,6 +21,8 @@ from tests.conftest import ROOT, assert_idempotent, run_deploy
 from watchme import replay, summary as sm, testhost as th
 from watchme.targets import TargetError, production, replay as replay_hosts
 
+pytestmark = pytest.mark.provisioned  # e2e hosts: packages preinstalled (tests/provisioned.py)
+
 NO_PREFETCH = {"WATCHME_NO_PREFETCH": "1"}  # each fact its own command, on both sides
 
 

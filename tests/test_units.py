@@ -15,6 +15,8 @@ from tests import fake_services
 from tests.fake_services import wait
 from tests.conftest import ROOT, assert_idempotent, run_deploy
 
+pytestmark = pytest.mark.provisioned  # e2e hosts: packages preinstalled (tests/provisioned.py)
+
 ALPHA = {"name": "alpha", "container": "watchme-alpha", "ip": "172.27.0.6", "port": 8000, "priority": 1}
 BETA = {"name": "beta", "container": "watchme-beta", "ip": "172.27.0.7", "port": 8001}
 GAMMA = {"name": "gamma", "container": "watchme-gamma", "ip": "172.27.0.8", "port": 8002}
@@ -191,7 +193,8 @@ def test_units_rendered_and_linked(new_server, host):
         link = host.file(f"/etc/systemd/system/{unit}")
         assert link.is_symlink and link.linked_to == f"{UNITS}/{unit}"
     alpha = host.file(f"{UNITS}/watchme-alpha.service").content_string
-    assert "ExecStart=/usr/bin/docker-compose -f /home/ubuntu/alpha/docker-compose.prod.yml up" in alpha
+    assert ("ExecStart=/usr/bin/docker-compose -f /home/ubuntu/alpha/docker-compose.prod.yml "
+            "-f /opt/watchme/compose/alpha.override.yml up") in alpha
 
 
 @pytest.mark.e2e
@@ -264,8 +267,9 @@ def gamma_present(running, deploy, host, registries):
 def test_name_of_an_os_unit_is_refused_before_any_change(new_server, deploy, host, registries):
     run = deploy(env=registries["clash"])
     assert run.rc != 0
-    assert ("services[nginx].unit: nginx.service is a unit the OS ships (/lib/systemd/system); "
-            "rename the service") in run.stderr
+    # The registry refuses it while loading, before any host is contacted.
+    assert "services[nginx].unit: nginx.service is a unit of the system or of this project" \
+        in run.stderr
     assert not host.file("/etc/systemd/system/nginx.service").exists
     assert not host.file(f"{UNITS}/nginx.service").exists
 

@@ -122,13 +122,41 @@ ADVICE: dict[str, dict[str, tuple[str, str]]] = {
                    "set upstream_path for {name} in services.yaml to where the app serves, then deploy"),
         "nginx404": ("404 from Nginx: no location for {public_path} in the live site",
                      "run the deploy (it renders and reloads the site); check sudo nginx -t and "
-                     "grep -A5 'location {public_path}' /etc/nginx/sites-enabled/{server_name}"),
-        "none": ("Nginx does not answer on port 80", "sudo systemctl status nginx; sudo nginx -t"),
+                     "sudo nginx -T | grep -A5 'location {public_path}'"),
+        "none": ("Nginx does not answer (port 443; port 80 when http_only)",
+                 "sudo systemctl status nginx; sudo nginx -t"),
         "other": ("answered {rcode}, expected {want}", "sudo tail -n 50 /var/log/nginx/error.log")},
+    # {scripts}/pull_check.py's classification of a failed pull (its causes, its fixes).
+    "image pull": {
+        "compose": ("cannot tell {container}'s image from {compose_file}: {detail}",
+                    "fix {compose_file} (the image: of the service with container_name "
+                    "{container}), then deploy"),
+        "unchecked": ("the pull check cannot run: {detail}",
+                      "run the deploy (it installs {scripts}/pull_check.py); check the docker row"),
+        "helper_missing": ("the ECR credential helper is not installed: {detail}",
+                           "run the deploy (it installs amazon-ecr-credential-helper and names "
+                           "it in root's Docker config credHelpers)"),
+        "not_configured": ("root's Docker config does not use the ECR helper for {ecr_registry}",
+                           "run the deploy: it sets credHelpers[{ecr_registry}] = ecr-login in "
+                           "/root/.docker/config.json (never `docker login` to ECR: that token "
+                           "expires after 12 hours)"),
+        "no_credentials": ("the instance has no usable IAM role: {detail}",
+                           "attach a role with AmazonEC2ContainerRegistryReadOnly (EC2 console > "
+                           "Actions > Security > Modify IAM role); check the metadata service"),
+        "unauthorized": ("the registry refused the credentials: {detail}",
+                         "remove an old `docker login` token (sudo docker logout {ecr_registry}), "
+                         "run the deploy, and check the role's ecr:GetAuthorizationToken/"
+                         "ecr:BatchGetImage"),
+        "not_found": ("{image} does not exist in the registry: {detail}",
+                      "check the image in {compose_file} and that CI pushed that tag"),
+        "network": ("the host cannot reach the registry: {detail}",
+                    "check DNS, outbound HTTPS (security group, NACL), NAT or VPC endpoints"),
+        "unknown": ("the pull failed: {detail}", "sudo docker pull {image}")},
 }
 
-SETTINGS = ("network_name", "network_subnet", "network_gateway", "server_name", "registry", "http_only",
-            "disk_prune_threshold", "swap_file", "swap_size_mib", "infra_unit", "config_root")
+SETTINGS = ("network_name", "network_subnet", "network_gateway", "server_name", "registry",
+            "disk_prune_threshold", "swap_file", "swap_size_mib", "infra_unit", "config_root",
+            "compose_pull", "ecr_registry", "ecr_region", "http_only")
 
 
 def row(scope: str, check: str, name: str, detail: str, finding: str | None, ctx: dict) -> Row:
@@ -174,6 +202,15 @@ def placed(cfg: dict, host, inventory) -> dict:
             "role": role}
 
 
+def route(cfg: dict, path: str) -> str:
+    """curl arguments for a route through the live Nginx: HTTPS (any certificate, as the
+    deploy's probes) unless the site is http_only, whose port 80 redirects everything."""
+    q, name = shlex.quote, cfg["server_name"]
+    if cfg.get("http_only"):
+        return f"-H {q('Host: ' + name)} {q('http://127.0.0.1' + path)}"
+    return f"-k --resolve {q(name + ':443:127.0.0.1')} {q('https://' + name + path)}"
+
+
 def probe_script(cfg: dict) -> str:
     """One read-only shell script printing key=value lines for every row (run with sudo)."""
     q = shlex.quote
@@ -202,18 +239,62 @@ def probe_script(cfg: dict) -> str:
             f'*) echo "{k}.listen=no";; esac',
             f'echo "{k}.upstream=$(code {q(internal)})"',
         ]
-    server = cfg["server_name"]
     for s in cfg["routed"]:
-        # As a client asks: HTTPS when the site serves it (port 80 only redirects there).
-        route = (f"-H {q('Host: ' + server)} {q('http://127.0.0.1' + s.probe_url_path)}"
-                 if cfg.get("http_only") is not False else
-                 f"-k --resolve {q(server + ':443:127.0.0.1')} {q('https://' + server + s.probe_url_path)}")
-        lines.append(f'echo "{s.name}.route=$(code {route})"')
+        lines.append(f'echo "{s.name}.route=$(code {route(cfg, s.probe_url_path)})"')
     for s in cfg["remote"]:
         # Over the overlay from this host: the anchor container resolves and reaches the name.
         lines.append(f'echo "{s.name}.overlay=$(docker exec watchme-network-anchor /bin/busybox '
                      f'ping -c1 -W2 {q(s.container)} 2>&1 | head -n1 | tr -d "\\n")"')
     return "\n".join(lines) + "\n"
+
+
+def service_images(cfg: dict, compose: dict) -> dict[str, str]:
+    """{service name: image, or "!" + why not} from the compose files (ComposeFiles' value)."""
+    from watchme.images import ComposeError, compose_target
+
+    out = {}
+    for s in cfg["registry"].enabled_services:
+        found = (compose or {}).get(s.compose_file)
+        if found is None:
+            out[s.name] = "!the file is missing"
+            continue
+        try:
+            image = compose_target(found["text"], s.container, cfg["network_name"])["image"]
+        except ComposeError as e:
+            image = f"!{e}"
+        out[s.name] = image or "!the service has no image: (built on the host)"
+    return out
+
+
+def pull_script(cfg: dict, images: dict[str, str]) -> str:
+    """key=value lines `<service>.pull=<pull_check.py --json>`, one pull per service image."""
+    q = shlex.quote
+    script = q(cfg["scripts"] + "/pull_check.py")
+    lines = [f'echo "{k}.pull=$(python3 {script} --json --registry {q(cfg["ecr_registry"])} '
+             f'--region {q(cfg["ecr_region"])} {q(image)} 2>/dev/null | tr -d "\\n")"'
+             for k, image in images.items() if not image.startswith("!")]
+    return "\n".join(lines + ["true"]) + "\n"
+
+
+def pull_row(s, v: dict[str, str], cfg: dict, ctx: dict) -> Row:
+    if not cfg.get("compose_pull"):
+        return Row(s.name, "image pull", True, "pulls off (compose_pull is false)")
+    image = v.get(f"{s.name}.image", "!not read")
+    ctx = {**ctx, "image": image, "detail": ""}
+    if image.startswith("!"):
+        ctx["detail"] = image[1:]
+        return row(s.name, "image pull", "image pull", "image unknown", "compose", ctx)
+    answer = _json(v.get(f"{s.name}.pull"))
+    if not answer or "cause" not in answer:
+        ctx["detail"] = (v.get(f"{s.name}.pull") or "no answer from pull_check.py")[:300]
+        return row(s.name, "image pull", "image pull", image, "unchecked", ctx)
+    if answer.get("ok"):
+        return row(s.name, "image pull", "image pull", f"{image}: pull ok", None, ctx)
+    cause = answer["cause"] if answer["cause"] in ADVICE["image pull"] else "unknown"
+    if answer["cause"] == "no_docker":
+        cause, answer["detail"] = "unchecked", "docker is not installed"
+    ctx["detail"] = (answer.get("detail") or "")[:300]
+    return row(s.name, "image pull", "image pull", f"{image}: {answer['cause']}", cause, ctx)
 
 
 class DoctorProbe(FactBase):
@@ -317,6 +398,7 @@ def service_rows(s, v: dict[str, str], cfg: dict, member: dict | None,
     rows.append(row(k, "upstream answers", "upstream", f"GET {ctx['internal']} -> {code}", finding, ctx))
     if route:
         rows.append(route_row(s, v, cfg, ctx, running, listening, up_ok))
+    rows.append(pull_row(s, v, cfg, ctx))
     return rows
 
 
@@ -385,6 +467,30 @@ def unreachable(why: str) -> list[Row]:
                 "user needs passwordless sudo")]
 
 
+def _pull_checks(state) -> dict[str, dict[str, str]]:
+    """{host: {<service>.image, <service>.pull}} for the hosts with compose_pull on."""
+    from watchme import inspect
+    from watchme.network import ComposeFiles
+
+    hosts = [h for h in state.inventory.get_active_hosts() if h.data.get("compose_pull")]
+    if not hosts:
+        return {}
+    paths = lambda h: {"paths": sorted({s.compose_file for s in h.data.registry.enabled_services})}
+    compose = inspect.facts(ComposeFiles, state=state, per_host=paths)
+    out, images = {}, {}
+    for name, (host, files) in compose.items():
+        if host.data.get("compose_pull"):
+            found = files if isinstance(files, dict) else {}
+            images[name] = service_images(settings(host.data), found)
+            out[name] = {f"{k}.image": v for k, v in images[name].items()}
+    pulls = inspect.facts(DoctorProbe, state=state, per_host=lambda h: {
+        "script": pull_script(settings(h.data), images.get(h.name, {}))})
+    for name, (_, values) in pulls.items():
+        if name in out and isinstance(values, dict):
+            out[name].update(values)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="watchme doctor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -407,11 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {name: unreachable(why) for name, why in failed.items()}
     answers = inspect.facts(DoctorProbe, state=state, per_host=lambda h: {
         "script": probe_script(placed(settings(h.data), h, state.inventory))})
+    pulls = _pull_checks(state)
     for name, (host, values) in answers.items():
         if isinstance(values, Exception) or values is None:
             report[name] = unreachable(f"{type(values).__name__}: {values}")
         else:
-            report[name] = diagnose(values, placed(settings(host.data), host, state.inventory))
+            report[name] = diagnose({**values, **pulls.get(name, {})},
+                                    placed(settings(host.data), host, state.inventory))
     ok = all(r.ok for rows in report.values() for r in rows)
     if args.json:
         print(json.dumps({n: [asdict(r) for r in rows] for n, rows in report.items()}, indent=2))

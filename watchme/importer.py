@@ -631,39 +631,10 @@ def _validate(text: str) -> str:
     return ""
 
 
-def connect(data: dict | None):
-    """watchme.inspect.connect(), fixed: pyinfra's inventory loader needs a current State
-    (it records the file it executes), so the State is made first and is current while the
-    inventory loads, as pyinfra's own CLI does. Use inspect.connect once it does the same."""
-    from pyinfra.api import Config, State
-    from pyinfra.api.connect import connect_all
-    from pyinfra.context import ctx_state
-    from pyinfra_cli.inventory import make_inventory
-
-    from watchme.inspect import ROOT
-
-    cwd = os.getcwd()
-    os.chdir(ROOT)  # group_data/ and inventory.py resolve relative to the project
-    state = State(check_for_changes=False)
-    try:
-        with ctx_state.use(state):
-            inventory = make_inventory(str(ROOT / "inventory.py"), override_data=data or {},
-                                       cwd=str(ROOT))
-            state.init(inventory, Config(FAIL_PERCENT=100))
-            state.cwd = str(ROOT)
-            connect_all(state)
-    finally:
-        os.chdir(cwd)
-    active = {h.name for h in state.inventory.get_active_hosts()}
-    failed = {h.name: "could not connect (see the log above)" for h in inventory
-              if h.name not in active}
-    return state, failed
-
-
 def read_live(data: dict | None):
     from watchme import inspect
 
-    state, failed = connect(data)
+    state, failed = inspect.connect(data)
     results = inspect.facts(LiveServer, state=state)
     return results, failed
 
@@ -688,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             data = inspect.parse_data(args.data)
-        except ValueError as e:
+            inspect.root()
+        except ValueError as e:  # bad --data, or no checkout here
             print(f"watchme import: {e}", file=sys.stderr)
             return 2
         results, failed = read_live(data)

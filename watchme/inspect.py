@@ -16,7 +16,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+
+class NoCheckout(ValueError):
+    """Neither the current directory nor the package's parent holds deploy.py/inventory.py."""
+
+
+def root() -> Path:
+    """The checkout whose inventory.py and group_data/ a command reads: the current directory
+    first (a non-editable `pipx install .` has no checkout beside the package), as
+    `watchme deploy` finds it."""
+    from watchme.deploy import checkout
+
+    found = checkout()
+    if found is None:
+        raise NoCheckout("no deploy.py and inventory.py here; fix: cd into the "
+                         "watchme-server-configs checkout and run it again")
+    return found
 
 
 def parse_data(pairs: list[str] | None) -> dict[str, Any]:
@@ -45,6 +60,7 @@ def connect(data: dict[str, Any] | None = None):
     from pyinfra.context import ctx_config, ctx_inventory, ctx_state
     from pyinfra_cli.inventory import make_inventory
 
+    ROOT = root()
     state = State(check_for_changes=False)
     state.cwd = str(ROOT)
     config = Config(FAIL_PERCENT=100)

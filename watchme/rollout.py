@@ -32,41 +32,6 @@ class Failed(Exception):
     pass
 
 
-def connect(data: dict | None = None):
-    """watchme/inspect.py connect(), working: pyinfra's inventory loader needs a State in the
-    context before it runs inventory.py (as pyinfra's CLI does); the State is then initialised
-    with that inventory. Returns (state, {host name: why not reached})."""
-    import os
-
-    from pyinfra.api import Config, State
-    from pyinfra.api.connect import connect_all
-    from pyinfra.context import ctx_config, ctx_inventory, ctx_state
-    from pyinfra_cli.inventory import make_inventory
-
-    from watchme.inspect import ROOT
-
-    cwd = os.getcwd()
-    os.chdir(ROOT)  # group_data/ and inventory.py resolve relative to the project
-    if str(ROOT) not in sys.path:
-        sys.path.append(str(ROOT))
-    try:
-        state = State(check_for_changes=False)
-        state.cwd = str(ROOT)
-        ctx_state.set(state)
-        inventory = make_inventory(str(ROOT / "inventory.py"), override_data=data or {},
-                                   cwd=str(ROOT))
-        ctx_inventory.set(inventory)
-        config = Config(FAIL_PERCENT=100)
-        ctx_config.set(config)
-        state.init(inventory, config)
-        connect_all(state)
-    finally:
-        os.chdir(cwd)
-    active = {h.name for h in state.inventory.get_active_hosts()}
-    return state, {h.name: "could not connect (see the log above)" for h in inventory
-                   if h.name not in active}
-
-
 class Remote:
     """Commands on one host as root, through the connection pyinfra opened."""
 
@@ -230,12 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.image:
             images.check_ref(a.image)
-    except ValueError as e:
+        from watchme import inspect
+        inspect.root()
+    except ValueError as e:  # bad input, or no checkout here
         print(f"rollout: {e}", file=sys.stderr)
         return 2
-    from watchme import inspect
-
-    state, failed = connect(inspect.parse_data(a.data))
+    state, failed = inspect.connect(inspect.parse_data(a.data))
     results, rc = [], 0 if not failed else 2
     for name, why in failed.items():
         results.append({"host": name, "service": a.name, "status": "unreachable", "failed": why})
