@@ -121,7 +121,10 @@ class RunningContainers(FactBase):
     def process(self, output):
         out: dict[str, dict] = {}
         for line in output:
-            name, running, memory, *rest = line.split()
+            fields = line.split()
+            if len(fields) < 3:  # docker inspect prints an empty line for a missing container
+                continue
+            name, running, memory, *rest = fields
             if running != "true" or not memory.isdigit():
                 continue
             files = rest.pop(0).removeprefix("files=") if rest and rest[0].startswith("files=") else ""
