@@ -33,7 +33,7 @@ import pytest
 from tests import fake_services
 from tests.conftest import PYINFRA, ROOT, assert_idempotent
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.provisioned]  # packages preinstalled (tests/provisioned.py)
 
 PROXY = "/work/shared/tools/latency-proxy.py"
 VHOST = "api.hey-watch.me"

@@ -29,6 +29,8 @@ from tests.conftest import ROOT, WATCHME, assert_idempotent, run_deploy
 from watchme import testhost as th
 from watchme.placement import DefaultRouteAddress
 
+pytestmark = pytest.mark.e2e  # two real test hosts (its own fixture, not `testhost`)
+
 VHOST = "api.hey-watch.me"
 VAULT = {"name": "vault", "container": "watchme-vault", "ip": "172.27.0.20", "port": 8060}
 TRANSCRIBER = {"name": "transcriber", "container": "api-transcriber", "ip": "172.27.0.21",
