@@ -53,9 +53,10 @@ def test_production_registry_fits_a_t4g_small():
 @pytest.mark.e2e
 def test_over_budget_refused_before_any_change(deploy, host, registries):
     assert not host.package("nginx").is_installed, "the test host must start bare"
-    # 1280 MiB of limits fit the registry's own nominal check, but not this 2 GiB host once
-    # the operator reserves 800 MiB for the OS.
-    run = deploy("--data", "memory_os_reserve_mib=800", env={"WATCHME_REGISTRY": registries["fits"]})
+    # 1280 MiB of limits + 800 MiB reserved for the OS fit the registry's nominal check for a
+    # bigger host (host_memory_mib), but not this 2 GiB host: the deploy reads the real memory.
+    run = deploy("--data", "memory_os_reserve_mib=800", "--data", "host_memory_mib=4096",
+                 env={"WATCHME_REGISTRY": registries["fits"]})
     assert run.rc != 0
     assert ("memory budget exceeded: memory limits 1280 MiB + OS reserve 800 MiB = 2080 MiB "
             "of 2048 MiB (102%)") in run.stderr
