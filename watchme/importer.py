@@ -37,6 +37,7 @@ import crossplane
 from pyinfra.api import FactBase
 
 from watchme import extra_locations
+from watchme.live_routes import split_dump
 
 SITE = "api.hey-watch.me"
 NETWORK = "watchme-network"
@@ -82,19 +83,6 @@ class LiveServer(FactBase):
 
 
 # ---------------------------------------------------------------- nginx -T parsing
-
-def split_dump(text: str) -> dict[str, str]:
-    """`nginx -T` output as {path: content}, split at its `# configuration file X:` lines."""
-    files: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        m = re.fullmatch(r"# configuration file (\S+):", line)
-        if m:
-            current = m.group(1)
-            files[current] = []
-        elif current is not None:
-            files[current].append(line)
-    return {p: "\n".join(lines) + "\n" for p, lines in files.items()}
 
 
 def parse_dump(text: str) -> dict[str, list[dict]]:

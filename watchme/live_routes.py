@@ -30,16 +30,24 @@ class LiveNginxConfig(FactBase):
         return "if command -v nginx >/dev/null; then nginx -T 2>/dev/null || true; fi"
 
     def process(self, output):
-        files: dict[str, list[str]] = {}
-        current = None
-        for line in output:
-            m = _HEADER.match(line)
-            if m:
-                current = m.group(1)
-                files[current] = []
-            elif current is not None:
-                files[current].append(line)
-        return {path: "\n".join(lines) + "\n" for path, lines in files.items()}
+        return split_dump(output)
+
+
+def split_dump(lines) -> dict[str, str]:
+    """`nginx -T` output (text or lines) as {path: content}, split at its
+    `# configuration file X:` lines; the one reader of that dump (route guard, import)."""
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    files: dict[str, list[str]] = {}
+    current = None
+    for line in lines:
+        m = _HEADER.match(line)
+        if m:
+            current = m.group(1)
+            files[current] = []
+        elif current is not None:
+            files[current].append(line)
+    return {path: "\n".join(body) + "\n" for path, body in files.items()}
 
 
 def _parse(text: str) -> list[dict]:
