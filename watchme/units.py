@@ -113,6 +113,12 @@ class RunningContainers(FactBase):
               "files={{index .Config.Labels \"com.docker.compose.project.config_files\"}}"
               "{{range $k, $v := .NetworkSettings.Networks}} {{$k}}={{$v.IPAddress}}{{end}}")
 
+    @staticmethod
+    def default():
+        # None of them exists (all stopped and removed): docker inspect prints nothing, and
+        # pyinfra gives a fact without output its default instead of calling process().
+        return {}
+
     def command(self, containers: list[str]) -> str:
         # docker inspect exits 1 when one of them does not exist, after printing the others.
         return (shlex.join(["docker", "inspect", "-f", self.FORMAT, "--", *containers])
