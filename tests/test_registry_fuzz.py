@@ -24,6 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from pyinfra.api.util import get_template
 
+from watchme import nginx
+from watchme.images import override_path
 from watchme.registry import RegistryError, Service, load_data
 from watchme.settings import Settings, control_character
 
@@ -117,11 +119,9 @@ def check_error(error: RegistryError) -> None:
 # --- rendering, the way the deploy renders (pyinfra's Jinja environment) -------------------
 
 def render_site(services, s: Settings) -> str:
-    """The site for the current templates/nginx-site.conf.j2; pass what any version needs."""
-    return get_template(str(ROOT / "templates" / "nginx-site.conf.j2")).render(
-        server_name=s.server_name, services=services, backup_dir=f"{s.config_root}/nginx/backups",
-        http_only=True, tls_certificate=s.tls_certificate, tls_certificate_key=s.tls_certificate_key,
-        config_root=s.config_root)
+    """The site as tasks/nginx.py renders it (watchme/nginx.py), HTTP only: the test host has
+    no certificate, and the TLS lines hold settings, not registry values."""
+    return nginx.render_site(s.server_name, services, f"{s.config_root}/nginx/backups", tls=None)
 
 
 def render_unit(svc, s: Settings, compose: str) -> str:
@@ -129,7 +129,8 @@ def render_unit(svc, s: Settings, compose: str) -> str:
     return get_template(str(ROOT / "templates" / "service.unit.j2")).render(
         service=svc.name, unit=svc.unit, description=svc.description.replace("%", "%%"),
         compose=compose, compose_file=svc.compose_file.replace("%", "%%"),
-        infra_unit=s.infra_unit, pull=True, config_root=s.config_root)
+        infra_unit=s.infra_unit, pull=True,
+        override_file=override_path(s.config_root, svc.name).replace("%", "%%"))
 
 
 SAFE = re.compile(r"[A-Za-z0-9._~/?=-]*", re.ASCII)
