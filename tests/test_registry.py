@@ -449,6 +449,12 @@ def test_public_path_must_be_normalised():
     assert "services[alpha].public_path: '/a//b/' is not a normalised path" in msg and "'/a/b/'" in msg
 
 
+def test_public_path_above_the_root_is_a_problem_not_a_crash():
+    # Found by hypothesis (test_registry_fuzz): uri.normalize raised its ValueError through load.
+    msg = errors(broken(public_path="/../", upstream_path="/"))
+    assert "services[alpha].public_path: '/../' climbs above the root with '..'" in msg
+
+
 def test_an_invalid_name_is_never_echoed_as_a_label():
     msg = errors(broken(name="x\r\nExecStartPre=/bin/sh"))
     assert "services[#1].name:" in msg and "\r" not in msg and "ExecStartPre=/bin/sh\n" not in msg

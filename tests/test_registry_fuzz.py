@@ -21,7 +21,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from pyinfra.api.util import get_template
 
 from watchme import nginx
@@ -136,7 +136,13 @@ def render_unit(svc, s: Settings, compose: str) -> str:
 SAFE = re.compile(r"[A-Za-z0-9._~/?=-]*", re.ASCII)
 
 
+CLIMBS = {"services": [{"name": "svc0", "description": "d", "container": "c0", "ip": "172.27.0.20",
+                        "port": 8020, "public_path": "/../", "upstream_path": "/", "memory_limit": "32m",
+                        "priority": 1, "compose_file": "/opt/s0/compose.yaml"}]}
+
+
 @given(registries)
+@example(CLIMBS)  # once raised uri.normalize's ValueError instead of a RegistryError
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_generated_registry_loads_or_names_the_field(data):
     try:

@@ -223,9 +223,17 @@ class Service(BaseModel):
             out.append(("unit", f"{self.unit} is a unit of the system or of this project "
                                 f"(see watchme/registry.py PROJECT_UNITS, SYSTEM_UNITS); {fix}"))
         pub, up = self.public_path, self.upstream_path
-        if normalize(pub) != pub:
+        try:
+            normal = normalize(pub)
+        except ValueError as e:  # '/../' climbs above the root: nginx answers 400 to it
+            normal = None
+            out.append(("public_path", f"{e}, so nginx answers 400 Bad Request to it; "
+                                       "write the path without '..' segments"))
+        if normal is None:
+            pass  # reported above
+        elif normal != pub:
             out.append(("public_path", f"{pub!r} is not a normalised path, so nginx never matches it; "
-                                       f"write {normalize(pub)!r}"))
+                                       f"write {normal!r}"))
         # nginx replaces the matched prefix by upstream_path, so their trailing slashes must agree.
         elif pub.endswith("/") != up.endswith("/"):
             example = pub.rstrip("/") + "/foo"
