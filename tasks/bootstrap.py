@@ -52,6 +52,7 @@ def software(profile: dict) -> None:
     d.nginx_layout = sw.nginx_layout
     d.docker_unit = sw.docker_unit
     d.certbot_command = sw.certbot or packages.CERTBOT_CLI
+    d.certbot_timer = sw.certbot_timer
     d.ecr_credential_helper = plan.ecr_helper
 
     if plan.install:

@@ -13,7 +13,7 @@ import re
 import shlex
 from io import StringIO
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import apt, files, server, systemd
 
@@ -54,8 +54,10 @@ def apply() -> None:
             f"{host.name}: tls_certificate/tls_certificate_key: {', '.join(missing)} not on the "
             "host; nothing was changed. Get the certificate first (README: HTTPS, certbot "
             "certonly --webroot), or deploy with --data http_only=true for a site on :80 only")
-    apt.packages(name="Install certbot (its timer renews the certificate)",
-                 packages=["certbot", *(["openssl"] if missing else [])])
+    # certbot itself is the bootstrap's (watchme/packages.py): it keeps a snap or another form
+    # it finds, so installing the package here would put a second certbot over it.
+    if missing:
+        apt.packages(name="Install openssl (the self-signed certificate)", packages=["openssl"])
     files.directory(name=f"ACME webroot {ACME_ROOT}", path=ACME_ROOT, mode="755")
     if missing:
         cert, key = tls["certificate"], tls["key"]
@@ -70,8 +72,13 @@ def apply() -> None:
                             "-keyout", key, "-out", cert]),
                 shlex.join(["chmod", "600", key]),
             ])
-    systemd.service(name="Enable certbot.timer (renewal)", service="certbot.timer",
-                    running=True, enabled=True)
+    timer = host.data.get("certbot_timer", "certbot.timer")
+    if timer:
+        systemd.service(name=f"Enable {timer} (renewal)", service=timer, running=True,
+                        enabled=True)
+    else:
+        logger.info(f"{host.print_prefix}tls: certbot {host.data.get('certbot_command', '')} "
+                    "renews with its own timer (a snap: snapd's), kept as found")
     script = f"{host.data.config_root}/scripts/nginx-safe-apply"
     hook = ("#!/bin/sh\n# Installed by watchme-server-configs (tasks/tls.py): after a renewal,\n"
             "# nginx -t then a checked reload, never a raw reload.\n"

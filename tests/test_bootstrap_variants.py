@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_idempotent
+from tests.test_bootstrap import assert_profile_read_once
 from watchme import testhost as th
 
 pytestmark = pytest.mark.e2e
@@ -171,7 +172,6 @@ def test_profile_read_once_and_nothing_changes_the_second_time(first_run, deploy
         return runs[-1]
 
     assert_idempotent(debug_deploy)
-    # The host profile script prints swap_file_bytes=: one run of it per deploy (issue 9).
-    assert runs[0].stderr.count('echo "swap_file_bytes=') == 1
+    assert_profile_read_once(host, runs[0])
     assert _dpkg(host) == before["dpkg"]
     assert _engine_state(host) == before["engine"]

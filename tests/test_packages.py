@@ -47,6 +47,7 @@ def test_bare_bookworm_installs_everything_in_one_run():
     assert (sw.nginx_layout, sw.docker_unit, sw.nginx_unit) == ("sites", "docker.service",
                                                                 "nginx.service")
     assert p.ecr_helper == "/usr/bin/docker-credential-ecr-login" and not p.warnings
+    assert sw.certbot_timer == "certbot.timer"  # the package installed now ships it
 
 
 CONVERGED = ("pkg.docker.io=20.10.24", "pkg.nginx=1.22.1-9", "pkg.curl=7.88.1",
@@ -66,6 +67,7 @@ def test_converged_host_needs_no_apt_at_all():
     p = plan(sw, CANDIDATES, {})
     assert p.install == [] and p.compose_command == "/usr/bin/docker-compose"
     assert summary(sw, p).endswith("; nothing to install")
+    assert sw.certbot_timer == "certbot.timer"
 
 
 # A hand-built server: Docker's own packages, a standalone compose, nginx.org's Nginx,
@@ -85,6 +87,7 @@ def test_hand_built_server_is_kept_as_it_is():
     assert p.compose_command == "/usr/local/bin/docker-compose"
     assert sw.nginx_layout == "conf.d"
     assert sw.certbot == "/snap/bin/certbot"
+    assert sw.certbot_timer is None  # snapd renews a snap's certificates with its own timer
     assert p.ecr_helper == ""
     assert p.warnings == ["amazon-ecr-credential-helper is not in this release's apt lists and "
                           "docker-credential-ecr-login is not on PATH: skipped"]
@@ -113,6 +116,7 @@ def test_certbot_and_ecr_helper_in_another_form_are_not_installed():
     sw, p = decide(profile("path.certbot=/usr/local/bin/certbot",
                            "path.docker-credential-ecr-login=/usr/local/bin/docker-credential-ecr-login"))
     assert "certbot" not in p.install and "amazon-ecr-credential-helper" not in p.install
+    assert sw.certbot_timer is None
     assert p.ecr_helper == "/usr/local/bin/docker-credential-ecr-login"
 
 

@@ -51,6 +51,10 @@ class Software:
     nginx_layout: str  # "sites" (Debian: sites-enabled/) or "conf.d" (nginx.org's package)
     nginx_unit: str | None
     certbot: str  # how certbot is there: a path, or ""
+    # The timer that renews certificates, when certbot is Debian's package (there, or installed
+    # now: it ships certbot.timer). A snap renews with snapd's own timer, another certbot on
+    # PATH with whatever its installer set up: neither is ours to enable.
+    certbot_timer: str | None
     ecr_helper: str  # path of docker-credential-ecr-login, or ""
     missing: list[str] = field(default_factory=list)  # required packages to install
     compose_missing: bool = False  # pick the first of compose_candidates apt offers
@@ -124,7 +128,9 @@ def detect(profile: dict, plain_packages: list[str]) -> Software:
         docker_unit=_unit(profile, docker_units, installing=not engine),
         compose=compose, nginx=nginx, nginx_layout=nginx_layout(profile),
         nginx_unit=_unit(profile, ["nginx.service"], installing=not nginx),
-        certbot=certbot, ecr_helper=ecr, missing=missing,
+        certbot=certbot,
+        certbot_timer="certbot.timer" if CERTBOT in installed or CERTBOT in missing else None,
+        ecr_helper=ecr, missing=missing,
         compose_missing=not compose, ecr_missing=not ecr and ECR_HELPER not in installed)
 
 
