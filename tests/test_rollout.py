@@ -88,7 +88,7 @@ def test_limits_and_ips_are_the_registrys(live, host):
 
 
 def test_a_restart_keeps_the_ip(live, host):
-    fake_services._run(host, "systemctl restart app.service")
+    fake_services._run(host, "systemctl restart watchme-app.service")  # Service.unit default
     end = time.monotonic() + 60
     while time.monotonic() < end:
         c = inspect(host, APP["container"]) if host.run(f"docker inspect {APP['container']}").rc == 0 else {}
