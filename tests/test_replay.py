@@ -149,10 +149,15 @@ def _recorded_run(env: dict, out) -> subprocess.CompletedProcess:
 ALWAYS_PLANNED = {"Network monitor --fix (watchme-network members)"}
 
 
+# The recorded hosts replay as `production`; the record is of a test host, so give them what
+# the testhost group sets (else every unit differs by its image pull line).
+TESTHOST_DATA = ("--data", "tls_self_signed=true", "--data", "compose_pull=false")
+
+
 def _replayed(records, **env):
     """(run, {operations the preview says would change})."""
     run = run_deploy({"WATCHME_REPLAY_DIR": str(records), **NO_PREFETCH, **env},
-                     "--json", "--dry", yes=False)
+                     "--json", "--dry", *TESTHOST_DATA, yes=False)
     assert run.rc == 0, run.stderr[-3000:]
     plan = sm.summarize(sm.load(run.stdout))
     return run, {op for r in plan.hosts.values() for op in r.changed} - ALWAYS_PLANNED

@@ -51,7 +51,8 @@ def live(deploy, env, host):
 
 
 def page(host) -> str:
-    r = host.run("curl -s -m 3 -H 'Host: api.hey-watch.me' http://127.0.0.1/app/")
+    # As a client reaches it: the test host serves HTTPS (self-signed), :80 only redirects.
+    r = host.run("curl -sk -m 3 --resolve api.hey-watch.me:443:127.0.0.1 https://api.hey-watch.me/app/")
     return r.stdout.strip()
 
 
@@ -69,8 +70,7 @@ def inspect(host, container: str) -> dict:
 
 
 def rollout(env, *args: str) -> tuple[int, dict]:
-    p = subprocess.run([WATCHME, "rollout", "app", "--json", "--timeout", "25",
-                        "--data", "http_only=true", *args],
+    p = subprocess.run([WATCHME, "rollout", "app", "--json", "--timeout", "25", *args],
                        cwd=ROOT, env={**__import__("os").environ, **env}, capture_output=True,
                        text=True, timeout=600)
     lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
@@ -88,7 +88,7 @@ def test_limits_and_ips_are_the_registrys(live, host):
 
 
 def test_a_restart_keeps_the_ip(live, host):
-    fake_services._run(host, "systemctl restart app.service")
+    fake_services._run(host, "systemctl restart watchme-app.service")  # Service.unit default
     end = time.monotonic() + 60
     while time.monotonic() < end:
         c = inspect(host, APP["container"]) if host.run(f"docker inspect {APP['container']}").rc == 0 else {}
