@@ -390,8 +390,11 @@ def test_preview_replays_the_last_deploy_offline(offline, tmp_path):
 
 
 def test_second_run_changes_nothing(offline, deploy, testhost):
+    """In the deploy job's form (the production group: its settings, e.g. compose_pull)."""
     _ssh_back(testhost)
-    assert_idempotent(deploy)
+    assert_idempotent(deploy, env={"WATCHME_HOSTS": f"ubuntu@127.0.0.1:{testhost.port}",
+                                   "WATCHME_SSH_KEY": testhost.key,
+                                   "WATCHME_KNOWN_HOSTS": testhost.known_hosts})
 
 
 def _ssh_back(testhost) -> None:
