@@ -49,7 +49,7 @@ if [ -r /etc/nginx/nginx.conf ]; then
 fi
 
 # The systemd units that run them: unit.<name>=<state>.
-systemctl list-unit-files --no-legend docker.service snap.docker.dockerd.service nginx.service \
+systemctl --root=/ list-unit-files --no-legend docker.service snap.docker.dockerd.service nginx.service \
   2>/dev/null | awk 'NF {print "unit." $1 "=" $2}'
 
 # Every installed package and its version: pkg.<name>=<version>.

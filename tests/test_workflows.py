@@ -296,9 +296,27 @@ def test_preview_without_records_says_so(first_preview, host):
     assert not host.package("nginx").is_installed, "a preview changed the host"
 
 
+def _certbot_certificate(testhost, tmp: Path) -> None:
+    """What the production server has and the deploy requires there (tls_self_signed is
+    False in the production group): certbot's certificate, in certbot's layout."""
+    name = "api.hey-watch.me"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "90",
+                    "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+                    "-keyout", str(tmp / "privkey1.pem"), "-out", str(tmp / "fullchain1.pem")],
+                   check=True, capture_output=True)
+    archive, live = f"/etc/letsencrypt/archive/{name}", f"/etc/letsencrypt/live/{name}"
+    th.run(["docker", "exec", testhost.name, "mkdir", "-p", archive, live])
+    for f in ("fullchain", "privkey"):
+        th.run(["docker", "cp", str(tmp / f"{f}1.pem"), f"{testhost.name}:{archive}/{f}1.pem"])
+        th.run(["docker", "exec", testhost.name, "ln", "-sfn",
+                f"../../archive/{name}/{f}1.pem", f"{live}/{f}.pem"])
+    th.run(["docker", "exec", testhost.name, "chmod", "600", f"{archive}/privkey1.pem"])
+
+
 @pytest.fixture(scope="module")
 def deployed(first_preview, testhost, tmp_path_factory):
     secrets = _secrets(testhost)
+    _certbot_certificate(testhost, tmp_path_factory.mktemp("certificate"))
     return secrets, *run_job("deploy.yml", "deploy", secrets, tmp_path_factory.mktemp("deploy"),
                              env=NO_PREFETCH, replace=RECORDING)
 
@@ -372,8 +390,11 @@ def test_preview_replays_the_last_deploy_offline(offline, tmp_path):
 
 
 def test_second_run_changes_nothing(offline, deploy, testhost):
+    """In the deploy job's form (the production group: its settings, e.g. compose_pull)."""
     _ssh_back(testhost)
-    assert_idempotent(deploy)
+    assert_idempotent(deploy, env={"WATCHME_HOSTS": f"ubuntu@127.0.0.1:{testhost.port}",
+                                   "WATCHME_SSH_KEY": testhost.key,
+                                   "WATCHME_KNOWN_HOSTS": testhost.known_hosts})
 
 
 def _ssh_back(testhost) -> None:
