@@ -84,7 +84,11 @@ def _fact_command(fact: FactBase, fact_kwargs: dict) -> str:
     requires = _make_command(fact.requires_command, dict(fact_kwargs))
     raw = command.get_raw_value() if isinstance(command, StringCommand) else str(command)
     if requires:
-        raw = f"if command -v {requires} >/dev/null 2>&1; then ({raw}); else echo '{MISSING}'; fi"
+        # Exactly pyinfra's wrapper (api/facts.py _get_fact): the offline replay looks a fact
+        # up by the command string pyinfra sends, so the record must hold that very string.
+        raw = StringCommand("if", "command", "-v", requires, ">/dev/null", "2>&1;", "then", "(",
+                            StringCommand(raw), ");", "else", "echo", f"'{MISSING}';", "fi"
+                            ).get_raw_value()
     return raw
 
 
