@@ -129,8 +129,10 @@ def network_check(host) -> tuple[int, str]:
     return r.rc, r.stdout
 
 
+# curl waits longer than Nginx's own upstream connect timeout (5 s): a restarting upstream then
+# shows as Nginx's 502/504 answer, and "000" only when Nginx itself did not answer.
 PROBE = (f"while [ ! -e /var/tmp/faults-probe.stop ]; do "
-         f"echo $(curl -sk -m 2 -o /dev/null -w '%{{http_code}}' --resolve {VHOST}:443:127.0.0.1 "
+         f"echo $(curl -sk -m 8 -o /dev/null -w '%{{http_code}}' --resolve {VHOST}:443:127.0.0.1 "
          f"https://{VHOST}/alpha/) >> /var/tmp/faults-probe.log; sleep 0.1; done")
 
 
