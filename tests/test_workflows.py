@@ -183,7 +183,8 @@ def test_deploys_only_from_main_through_the_production_environment():
     assert job["if"] == "github.ref == 'refs/heads/main'"
     first = job["steps"][0]
     assert first["env"] == {"REF": "${{ github.ref }}"} and "refs/heads/main" in first["run"]
-    assert not (wf[True].get("workflow_dispatch") or {}).get("inputs"), "no ref/branch inputs"
+    inputs = (wf[True].get("workflow_dispatch") or {}).get("inputs") or {}
+    assert set(inputs) == {"service", "image"}, "rollout mode only: no ref/branch inputs"
     deploy = next(s for s in job["steps"] if "pyinfra --json -y" in s.get("run", ""))
     assert "--data lock_wait_seconds=600" in deploy["run"]
     upload = next(s for s in job["steps"] if "upload-artifact" in s.get("uses", ""))
@@ -216,13 +217,27 @@ GITHUB = {"ref": "refs/heads/main", "repository": "watchme/watchme-server-config
           "token": "emulated-read-only-token"}
 
 
+def _step_runs(step: dict, inputs: dict[str, str]) -> bool:
+    """A step's `if:`, for the only forms the workflows use: `inputs.X == ''` / `!= ''`."""
+    cond = step.get("if")
+    if cond is None:
+        return True
+    m = re.fullmatch(r"inputs\.(\w+) (==|!=) ''", cond)
+    assert m, f"unemulated step condition {cond!r}"
+    empty = inputs.get(m[1], "") == ""
+    return empty if m[2] == "==" else not empty
+
+
 def run_job(workflow: str, job: str, secrets: dict[str, str], tmp: Path, *,
-            github: dict | None = None, env: dict | None = None, replace: dict | None = None):
+            github: dict | None = None, env: dict | None = None, replace: dict | None = None,
+            inputs: dict[str, str] | None = None):
     """Run a job's `run:` steps as GitHub would; returns (returncode, output, step summary).
 
     `uses:` steps are not run (the test emulates checkout, install, artifacts); `replace`
-    substitutes text in the scripts; `env` seeds GITHUB_ENV (e.g. what a download set).
+    substitutes text in the scripts; `env` seeds GITHUB_ENV (e.g. what a download set);
+    `inputs` are a workflow_dispatch's (steps whose `if:` they fail are skipped).
     """
+    inputs = inputs or {}
     for d in ("runner", "home"):
         (tmp / d).mkdir(exist_ok=True)
     files = {"GITHUB_ENV": tmp / "github_env", "GITHUB_STEP_SUMMARY": tmp / "step_summary"}
@@ -238,7 +253,7 @@ def run_job(workflow: str, job: str, secrets: dict[str, str], tmp: Path, *,
                  "GITHUB_REF": context["ref"]})
     output, rc = [], 0
     for step in _workflow(workflow)["jobs"][job]["steps"]:
-        if "run" not in step or step["name"] in SKIPPED_STEPS:
+        if "run" not in step or step["name"] in SKIPPED_STEPS or not _step_runs(step, inputs):
             continue
         env = dict(base)
         for line in files["GITHUB_ENV"].read_text().splitlines():
@@ -250,6 +265,7 @@ def run_job(workflow: str, job: str, secrets: dict[str, str], tmp: Path, *,
                 value = value.replace("${{ secrets.%s }}" % name, secret)
             for name, val in context.items():
                 value = value.replace("${{ github.%s }}" % name, val)
+            value = re.sub(r"\$\{\{ inputs\.(\w+) \}\}", lambda m: inputs.get(m[1], ""), value)
             assert "${{" not in value, f"unemulated expression {value!r}"
             env[key] = value
         script = step["run"]
