@@ -294,5 +294,27 @@ def test_upstream_path_wrong(running, host, testhost_env, cfg):
 
 
 @pytest.mark.e2e
+def test_oom_killed_container_with_its_real_limit_e2e(running, host, testhost_env, cfg):
+    """A real OOM kill (the kernel's OOM killer in an 8m cgroup): the row names it and the
+    container's real limit next to the registry's."""
+    host.check_output("systemctl stop watchme-alpha.service && docker rm -f watchme-alpha >/dev/null 2>&1; "
+                      "docker run -d --name watchme-alpha --network watchme-network "
+                      f"--ip {ALPHA['ip']} --memory 8m --memory-swap 8m {fake_services.IMAGE} "
+                      "/bin/busybox sh -c 'a=x; while true; do a=$a$a; done' >/dev/null")
+    try:
+        wait(host, "[ $(docker inspect -f '{{.State.Running}}' watchme-alpha) = false ]", seconds=60)
+        rc, rows = run_doctor(testhost_env, cfg)
+        assert rc == 1
+        row = rows["alpha", "container running"]
+        assert not row["ok"]
+        assert row["cause"] == ("watchme-alpha was killed (exit 137, OOM killer: true) with a limit "
+                                "of 8m; registry memory_limit 32m"), row
+        assert rows["alpha", "memory limit"]["detail"] == "8m (registry 32m)"
+    finally:
+        host.check_output("docker rm -f watchme-alpha >/dev/null && systemctl start watchme-alpha.service")
+        _wait_healthy(host)
+
+
+@pytest.mark.e2e
 def test_doctor_changed_nothing(running, deploy, cfg):
     assert_idempotent(deploy, env=cfg["env"])
