@@ -488,6 +488,24 @@ def _serve_once(path: Path, answer: bytes) -> list[bytes]:
     return got
 
 
+def test_running_containers_as_the_units_fact_reads_them(capsys, monkeypatch):
+    """docker_api.py running: the deploy's RunningContainers without the Docker CLI."""
+    from watchme.units import RunningContainers
+    engine = FakeEngine([network()], [
+        container("a1", "watchme-a", networks={NET: ("172.27.0.6", []), "bridge": ("172.17.0.2", [])},
+                  memory=32 * MIB, labels={"com.docker.compose.project.config_files": "/c.yml,/o.yml"}),
+        container("b2", "watchme-b", state="exited", networks={NET: ("172.27.0.7", [])})])
+    monkeypatch.setattr(docker_api, "Docker", lambda: engine)
+    assert docker_api.main(["running", "--", "watchme-a", "watchme-b", "watchme-gone"]) == 0
+    assert RunningContainers().process(capsys.readouterr().out.splitlines()) == {
+        "watchme-a": {"memory": 32 * MIB, "files": ["/c.yml", "/o.yml"],
+                      "ips": {NET: "172.27.0.6", "bridge": "172.17.0.2"}}}
+    no_docker = FakeEngine.__bases__[0](path="/nonexistent")  # the real client, nobody answers
+    monkeypatch.setattr(docker_api, "Docker", lambda: no_docker)
+    assert docker_api.main(["running", "watchme-a"]) == 0 and capsys.readouterr().out == "{}\n"
+
+
+
 @pytest.mark.parametrize("body", [
     b"Content-Length: 11\r\n\r\n{\"Id\": \"x\"}",
     b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"Id\"\r\n6\r\n: \"x\"}\r\n0\r\n\r\n",
