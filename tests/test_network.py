@@ -68,6 +68,24 @@ def test_services_joined_with_their_registry_ips(first_run, host):
         assert _ip_and_aliases(host, s["container"])[0] == s["ip"]
 
 
+def test_running_containers_from_the_script_as_from_the_cli(first_run, host):
+    """The units' RunningContainers fact answers the same through the host script (the
+    Engine API, a no-op's answer) as through the Docker CLI (a new host's, before the
+    scripts are installed)."""
+    from watchme.units import RunningContainers
+    fact, names = RunningContainers(), [ALPHA["container"], BETA["container"], "watchme-none"]
+
+    def read(script: str) -> dict:
+        return fact.process(host.check_output(fact.command(names, script=script)).splitlines())
+
+    api = read("/opt/watchme/scripts/docker_api.py")
+    assert api == read("/nonexistent/docker_api.py")  # the CLI
+    assert set(api) == {ALPHA["container"], BETA["container"]}
+    alpha = api[ALPHA["container"]]
+    assert alpha["ips"][NET] == ALPHA["ip"] and alpha["memory"] > 0
+    assert "/opt/watchme/compose/alpha.override.yml" in alpha["files"]
+
+
 def _dynamic_ip(host, name: str = "dynamic") -> str:
     """The address Docker gives a container started on the network without --ip."""
     host.check_output(f"docker run -d --name {name} --network {NET} {fake_services.IMAGE} "
