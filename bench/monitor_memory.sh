@@ -12,7 +12,8 @@
 # lock command runs, watchme/prefetch.py) is run once on its own, as the lock command runs it
 # (root, or the login user for _sudo=False facts), and its process tree's peak RSS printed
 # (wait4: the largest of the fact's shell and everything it waited for), largest first: the
-# first line is the no-op's memory peak on the host.
+# first line is the no-op's memory peak on the host. The measuring python3 forks each fact, so
+# ~10.5 MB (its own size at the fork) is the floor of every figure: a shell-only fact is below.
 runs=${1:-10}
 scripts=${2:-/opt/watchme/scripts}
 plan=${3:-/var/lib/watchme/fact-plan.sh}
