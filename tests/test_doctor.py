@@ -233,7 +233,8 @@ def test_healthy_host_all_rows_pass(running, testhost_env, cfg):
     rc, rows = run_doctor(testhost_env, cfg)
     assert _failing(rows) == set()
     assert rc == 0
-    assert len(rows) == 6 + 2 * 6
+    assert len(rows) == 7 + 2 * 6
+    assert rows["host", "watchme-network ip-range"]["detail"] == "172.27.255.0/24"  # made by the deploy
     assert rows["alpha", "image pull"]["detail"] == "pulls off (compose_pull is false)"  # test hosts
 
 
