@@ -8,7 +8,8 @@ peak on the host (bench/monitor_memory.sh):
     docker_api.py running NAME...   {name: {"memory", "files", "ips"}} of those that run
 
 A minimal HTTP/1.0 client: http.client would import email and ssl, which costs ~5 MB and
-~60 ms per run on the server, more than the rest of a check. Unversioned paths speak the daemon's own API version.
+~60 ms per run on the server, more than the rest of a check. Unversioned paths speak the
+daemon's own API version.
 """
 
 from __future__ import annotations
