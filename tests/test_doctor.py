@@ -244,7 +244,7 @@ def test_text_table(running, testhost_env, cfg):
     p = subprocess.run([WATCHME, "doctor"], cwd=ROOT, capture_output=True, text=True,
                        env={**env, **testhost_env, **cfg["env"]})
     assert p.returncode == 0
-    assert ": all 18 checks pass" in p.stdout.splitlines()[0]
+    assert ": all 19 checks pass" in p.stdout.splitlines()[0]
     assert "route via nginx" in p.stdout
 
 
