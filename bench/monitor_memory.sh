@@ -7,8 +7,16 @@
 # getrusage(RUSAGE_CHILDREN): ru_maxrss is the peak RSS of the largest child it waited for,
 # i.e. of the monitor itself (the wrapper's own memory is not counted). For comparison it
 # also measures `docker network inspect`, the Docker CLI, which the monitor does not use.
+#
+# Then every fact of the deploy's fact plan (/var/lib/watchme/fact-plan.sh, what a no-op's
+# lock command runs, watchme/prefetch.py) is run once on its own, as the lock command runs it
+# (root, or the login user for _sudo=False facts), and its process tree's peak RSS printed
+# (wait4: the largest of the fact's shell and everything it waited for), largest first: the
+# first line is the no-op's memory peak on the host. The measuring python3 forks each fact, so
+# ~10.5 MB (its own size at the fork) is the floor of every figure: a shell-only fact is below.
 runs=${1:-10}
 scripts=${2:-/opt/watchme/scripts}
+plan=${3:-/var/lib/watchme/fact-plan.sh}
 python3 - "$runs" "$scripts" <<'PY'
 import resource, statistics, subprocess, sys, time
 
@@ -44,3 +52,25 @@ measure("network_repair.py --check", ["python3", f"{scripts}/network_repair.py",
                                       "watchme-network"])
 measure("docker network inspect (CLI)", ["docker", "network", "inspect", "watchme-network"])
 PY
+
+# Each planned fact as the lock command's F runs it (watchme/lock.py), in a fresh python3 that
+# prints the peak RSS (MiB) of everything it waited for, and the fact's class and arguments.
+[ -r "$plan" ] || { echo "no fact plan at $plan (run a deploy first)"; exit 0; }
+PEAK='
+import json, os, resource, subprocess, sys
+sudo, identity, command = sys.argv[1:4]
+user = os.environ.get("SUDO_USER", "")
+argv = ["sh", "-c", command] if sudo == "1" or user in ("", "root") else \
+    ["runuser", "-u", user, "--", "sh", "-c", command]
+subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    _, name, kwargs, _ = json.loads(identity)["fact"]
+    label = f"{name} {json.dumps(kwargs)[:70]}"
+except (ValueError, KeyError, TypeError):
+    label = identity[:80]
+print(f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:6.1f} MiB  {label}")
+'
+F() { python3 -c "$PEAK" "$@"; }
+echo "fact plan $plan: each planned fact's peak RSS, largest first:"
+# shellcheck disable=SC1090  # the plan defines nothing but F lines (watchme/prefetch.py)
+. "$plan" | sort -rn | head -n "${4:-10}"

@@ -1,9 +1,15 @@
 """The Docker Engine API over its Unix socket, for the host scripts (standard library only).
 
 Shared by network_monitor.py, network_repair.py and disk_guard.py, installed beside them in
-{config_root}/scripts. A minimal HTTP/1.0 client: http.client would import email and ssl,
-which costs ~5 MB and ~60 ms per run on the server, more than the rest of a check.
-Unversioned paths speak the daemon's own API version.
+{config_root}/scripts. Run itself, it answers the deploy's RunningContainers fact
+(watchme/units.py) without the Docker CLI, whose 37 MB would be a no-op deploy's memory
+peak on the host (bench/monitor_memory.sh):
+
+    docker_api.py running NAME...   {name: {"memory", "files", "ips"}} of those that run
+
+A minimal HTTP/1.0 client: http.client would import email and ssl, which costs ~5 MB and
+~60 ms per run on the server, more than the rest of a check. Unversioned paths speak the
+daemon's own API version.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from urllib.parse import quote
 
@@ -150,3 +157,36 @@ def read_json(path: str, default=None):
             return json.load(f)
     except FileNotFoundError:
         return default
+
+
+def running(docker: Docker, names: list[str]) -> dict:
+    """{container: {"memory": HostConfig.Memory, "files": [the compose files it was created
+    from], "ips": {network: ip}}} of the given containers that run; missing ones are left out."""
+    out = {}
+    for name in names:
+        c = docker.inspect(name)
+        if not c or not (c.get("State") or {}).get("Running"):
+            continue
+        labels = (c.get("Config") or {}).get("Labels") or {}
+        files = labels.get("com.docker.compose.project.config_files") or ""
+        nets = (c.get("NetworkSettings") or {}).get("Networks") or {}
+        out[(c.get("Name") or name).lstrip("/")] = {
+            "memory": int((c.get("HostConfig") or {}).get("Memory") or 0),
+            "files": [f for f in files.split(",") if f],
+            "ips": {n: (ep or {}).get("IPAddress") or "" for n, ep in nets.items()}}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] != ["running"]:
+        print("usage: docker_api.py running NAME...", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(running(Docker(), [a for a in argv[1:] if a != "--"])))
+    except Unavailable:
+        print("{}")  # no Docker, no running container (as `docker inspect ... || true` says)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -2,16 +2,25 @@
 """watchme-network itself: read it, create it, and repair a drifted one without losing a
 container (standard library only; installed in {config_root}/scripts).
 
-    network_repair.py --name N [--driver D --subnet S --gateway G] [--json]
-        read-only (--check is implied): the network's driver/subnet/gateway, every container
-        attached to it (running or stopped) with its IP and aliases, the drift from the
-        wanted values and an unfinished repair journal. The deploy's DockerNetwork fact.
-    network_repair.py --ensure --name N --driver D --subnet S --gateway G
+    network_repair.py --name N [--driver D --subnet S --gateway G --ip-range R] [--json]
+        read-only (--check is implied): the network's driver/subnet/gateway/ip-range, every
+        container attached to it (running or stopped) with its IP and aliases, the drift from
+        the wanted values, an unfinished repair journal, and the report people read (the
+        deploy's error, the unit's journal, `watchme doctor`). The deploy's DockerNetwork fact.
+    network_repair.py --ensure --name N --driver D --subnet S --gateway G [--ip-range R]
                       [--repair] [--fixed-ip CONTAINER=IP ...] [--json]
-                      [--ip-range R] [--encrypted] [--anchor IMAGE]
+                      [--encrypted] [--anchor IMAGE]
         first finishes an interrupted repair (the journal), then creates the network when it
         is missing; a drifted network is an error unless --repair. The deploy's network
         operation and watchme-infrastructure.service both run this.
+
+--ip-range R (issue 12 section 4): Docker picks the address of a container started without a
+fixed IP (a rollout candidate, a service whose registry ip is null) from R only, and the
+registry refuses fixed IPs inside R, so a dynamic address can never take the fixed IP of a
+stopped service. A new network gets it. An existing one without it (the production network,
+made by hand with only --subnet/--gateway) still works: that is reported as "outdated", not
+drift, so nothing fails and nothing is recreated until --repair is asked for (a maintenance
+window: every container loses the network for a moment).
 
 A repair writes its journal (/var/lib/watchme/network-repair.json: the wanted network and
 every attached container with the IP it gets back and its aliases) BEFORE it disconnects
@@ -20,13 +29,13 @@ leaves the journal; the next --ensure (deploy or unit) or `network_monitor.py --
 finishes it first, so no container stays off the network.
 
 Driver overlay (issue 14, several hosts): the network is an attachable swarm overlay, created
-on the swarm manager with --ip-range for Docker's dynamic addresses (the registry's fixed IPs
-stay outside it). A worker cannot create it and does not even see it until one of its own
+on the swarm manager (with --ip-range like a bridge). A worker cannot create it and does not even see it until one of its own
 containers is attached, so --anchor IMAGE keeps a tiny container (watchme-network-anchor)
 attached on every host: on a worker that is what "create" means, and compose's
 `external: true` then finds the network.
 
-Exit codes: 0 as wanted (created, repaired or already right); 1 drifted without --repair, or
+Exit codes: 0 as wanted (created, repaired or already right; also outdated without --repair:
+it works); 1 drifted without --repair, or
 a container could not be put back (the journal stays for the next run); 3 Docker is not
 answering.
 """
@@ -55,7 +64,8 @@ def default_gateway(subnet: str) -> str:
 
 
 def describe(network: dict | None) -> dict | None:
-    """{"name", "driver", "subnet", "gateway", "labels"} of an API network, None if missing."""
+    """{"name", "driver", "subnet", "gateway", "ip_range", "labels"} of an API network, None
+    if missing."""
     if network is None:
         return None
     first = (((network.get("IPAM") or {}).get("Config")) or [{}])[0]
@@ -65,6 +75,7 @@ def describe(network: dict | None) -> dict | None:
             "attachable": bool(network.get("Attachable")),
             # Created without --gateway, Docker records none and uses the first address.
             "gateway": first.get("Gateway") or default_gateway(subnet),
+            "ip_range": first.get("IPRange") or "",
             "labels": network.get("Labels") or {}}
 
 
@@ -74,6 +85,14 @@ def drift(found: dict | None, want: dict) -> list[list[str]]:
         return []
     return [[k, want[k], found[k] or "(none)"] for k in ("driver", "subnet", "gateway")
             if want.get(k) and found[k] != want[k]]
+
+
+def outdated(found: dict | None, want: dict) -> list[list[str]]:
+    """[["ip_range", wanted, found]] when the network's range for dynamic addresses is not
+    the wanted one. Not drift: the network works as it is (see the docstring)."""
+    if found is None or not want.get("ip_range") or found["ip_range"] == want["ip_range"]:
+        return []
+    return [["ip_range", want["ip_range"], found["ip_range"] or "(none)"]]
 
 
 def attached(docker: Docker, name: str) -> list[dict]:
@@ -96,7 +115,9 @@ def inspect(docker: Docker, want: dict, anchor: str = "") -> dict:
     found = describe(docker.network(want["name"]))
     out = {"exists": found is not None, "network": found,
            "containers": attached(docker, want["name"]) if found else [],
-           "drift": drift(found, want), "journal": read_json(JOURNAL)}
+           "drift": drift(found, want), "outdated": outdated(found, want),
+           "journal": read_json(JOURNAL)}
+    out["report"] = report(out, want)
     if anchor:
         out["anchor"] = anchor_state(docker, want["name"])
     return out
@@ -122,11 +143,11 @@ def plan(want: dict, containers: list[dict], fixed_ips: dict[str, str]) -> dict:
 def create_body(want: dict) -> dict:
     ipam = {"Subnet": want["subnet"], "Gateway": want["gateway"]}
     body = {"Name": want["name"], "Driver": want["driver"], "CheckDuplicate": True}
+    if want.get("ip_range"):
+        ipam["IPRange"] = want["ip_range"]  # dynamic addresses only from here
     if want["driver"] == "overlay":
         # attachable: plain containers (compose, the anchor) join it, not only swarm services
         body["Attachable"] = True
-        if want.get("ip_range"):
-            ipam["IPRange"] = want["ip_range"]
         if want.get("encrypted"):
             body["Options"] = {"encrypted": ""}
     body["IPAM"] = {"Config": [ipam]}
@@ -188,7 +209,7 @@ def finish(docker: Docker, journal: dict, log, anchor: str = "") -> list[str]:
     want, name = journal["network"], journal["network"]["name"]
     errors = []
     found = describe(docker.network(name))
-    if found is not None and drift(found, want):
+    if found is not None and (drift(found, want) or outdated(found, want)):
         for c in journal["containers"]:
             try:
                 docker.post(f"/networks/{name}/disconnect", {"Container": c["name"], "Force": True})
@@ -239,12 +260,14 @@ def ensure(docker: Docker, want: dict, repair: bool, fixed_ips: dict[str, str], 
     if not state["exists"]:
         create(docker, want, anchor, log)
         state = inspect(docker, want)
-    if not state["drift"]:
+    if not state["drift"] and not (repair and state["outdated"]):
+        if state["outdated"]:
+            log(state["report"])  # works as it is: told, not failed (the unit starts)
         if anchor and state["exists"]:
             ensure_anchor(docker, want, anchor, log)
         return 0
     if not repair:
-        log(report(state, want))
+        log(state["report"])
         return 1
     journal = plan(want, [c for c in state["containers"] if c["name"] != ANCHOR], fixed_ips)
     write_json(JOURNAL, journal)  # before anything is disconnected
@@ -256,15 +279,29 @@ def ensure(docker: Docker, want: dict, repair: bool, fixed_ips: dict[str, str], 
     return 1 if errors else 0
 
 
+FIX = ("rerun with --data network_repair=true to recreate it and reconnect these containers "
+       "with their IPs and aliases (each loses the network for a moment)")
+RANGE_CAUSE = ("a container started without a fixed IP (a rollout candidate, a service whose ip "
+               "is null) can take the registry IP of a stopped service")
+
+
 def report(state: dict, want: dict) -> str:
-    lines = [f"{want['name']} differs from the wanted configuration:"]
-    lines += [f"  {k:<8} wanted {w:<16} found {f}" for k, w, f in state["drift"]]
+    """What differs, the attached containers and the fix, as the deploy, the infrastructure
+    unit and `watchme doctor` print it (the one rendering); "" when nothing differs."""
+    if not state["drift"] and not state["outdated"]:
+        return ""
+    if state["drift"]:
+        lines = [f"{want['name']} differs from the wanted configuration:"]
+    else:
+        lines = [f"{want['name']} has no range of its own for dynamic addresses: {RANGE_CAUSE}:"]
+    lines += [f"  {k:<8} wanted {w:<16} found {f}" for k, w, f in state["drift"] + state["outdated"]]
     cs = state["containers"]
     lines.append(f"  attached containers ({len(cs)}):" if cs else "  attached containers: none")
     for c in cs:
         extra = f" aliases {','.join(c['aliases'])}" if c["aliases"] else ""
         lines.append(f"    {c['name']:<28} {c['ip'] or '(dynamic)'}{extra}"
                      f"{'' if c['running'] else ' (stopped)'}")
+    lines.append("  fix: " + ("" if state["drift"] else "in a maintenance window, ") + FIX)
     return "\n".join(lines)
 
 
@@ -279,21 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repair", action="store_true", help="recreate a drifted network")
     p.add_argument("--fixed-ip", action="append", default=[], metavar="CONTAINER=IP")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--ip-range", default="", help="overlay: where dynamic addresses come from")
+    p.add_argument("--ip-range", default="", help="where Docker picks dynamic addresses")
     p.add_argument("--encrypted", action="store_true", help="overlay: IPsec data plane")
     p.add_argument("--anchor", default="", metavar="IMAGE",
                    help=f"overlay: keep {ANCHOR} (from IMAGE) attached on this host")
     args = p.parse_args(argv)
     want = {"name": args.name, "driver": args.driver, "subnet": args.subnet, "gateway": args.gateway}
+    if args.ensure and not args.check and not all(want.values()):
+        p.error("--ensure needs --driver, --subnet and --gateway")
+    want.update(ip_range=args.ip_range, encrypted=args.encrypted)
     docker = Docker()
     try:
         if args.ensure and not args.check:
-            if not all(want.values()):
-                p.error("--ensure needs --driver, --subnet and --gateway")
             fixed = dict(f.split("=", 1) for f in args.fixed_ip)
             lines: list[str] = []
-            wanted = {**want, "ip_range": args.ip_range, "encrypted": args.encrypted}
-            code = ensure(docker, wanted, args.repair, fixed, lambda m: (lines.append(m), print(
+            code = ensure(docker, want, args.repair, fixed, lambda m: (lines.append(m), print(
                 m, file=sys.stderr if args.json else sys.stdout, flush=True)), args.anchor)
             if args.json:
                 print(json.dumps({"exit_code": code, "log": lines,
@@ -304,8 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"exit_code": 3, "error": str(e)}) if args.json else
               f"could not check: {e} (exit 3)")
         return 3
-    print(json.dumps(state, indent=2) if args.json else
-          report(state, want) if state["drift"] else
+    print(json.dumps(state, indent=2) if args.json else state["report"] or
           f"{args.name}: " + ("missing" if not state["exists"] else "as wanted"))
     return 0
 

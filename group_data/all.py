@@ -55,8 +55,9 @@ network_name = "watchme-network"
 network_driver = "bridge"
 # single: a bridge on one host; swarm: an attachable overlay (automatic with several hosts).
 network_scope = "single"
-# Overlay only: dynamic addresses (anchors, swarm load balancers) come from here, never a registry
-# IP; None: the subnet's last /24 (172.27.255.0/24).
+# Docker's dynamic addresses (a container without a fixed IP, a rollout candidate, overlay anchors)
+# come from here, never a registry IP; None: the subnet's last /24 (172.27.255.0/24). A network
+# made without it is reported; network_repair adds it.
 network_ip_range = None
 # Overlay only: IPsec-encrypt the data plane (README "Several hosts" says why it is off).
 network_encrypted = False

@@ -1,7 +1,9 @@
 """watchme-network (seed: "ネットワークインフラストラクチャ管理") and the compose audit.
 
 The network is checked before any change: a drifted one stops the deploy with the diff
-(unless network_repair), since every service's fixed IP depends on its subnet. Then each
+(unless network_repair), since every service's fixed IP depends on its subnet. One made
+without the range for dynamic addresses (the production network, created by hand) works,
+so it is only reported, with the fix for a maintenance window. Then each
 compose file on the host is audited for the seed's migration bug (`driver: bridge` instead
 of `external: true`) and, with compose_migrate, fixed in place after a backup.
 """
@@ -17,8 +19,8 @@ from pyinfra.operations import files, server
 
 from tasks import guard, swarm
 from watchme import backup, placement
-from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_network,
-                             drift_report, migrate_compose, script_path)
+from watchme.network import (ComposeFiles, audit_compose, docker_network, migrate_compose,
+                             network_fact, script_path)
 from watchme.placement import services_here
 from watchme.settings import default_range
 
@@ -28,31 +30,32 @@ def check() -> None:
     the check script is not installed yet: the host-side --ensure decides then."""
     d = host.data
     w = wanted()
-    found = host.get_fact(DockerNetwork, script=script_path(), network=d.network_name,
-                          driver=w["driver"], subnet=d.network_subnet,
-                          gateway=d.network_gateway,
-                          **({"anchor": w["anchor"]} if w["anchor"] else {}))
+    found = network_fact(script_path(), d.network_name, w["driver"], d.network_subnet,
+                         d.network_gateway, w["anchor"], w["ip_range"])
     if found is None:
         return
     if found["journal"]:
         logger.warning(f"{host.print_prefix}network: finishing the interrupted repair of "
                        f"{d.network_name} (journal from {found['journal'].get('started')})")
     elif found["drift"] and not d.network_repair:
-        raise DeployError(f"{host.name}: " + drift_report(found))
-    elif found["drift"]:
+        raise DeployError(f"{host.name}: " + found["report"])
+    elif found["drift"] or (found["outdated"] and d.network_repair):
         logger.warning(f"{host.print_prefix}network_repair: recreating {d.network_name} and "
                        f"reconnecting {len(found['containers'])} container(s)")
+    elif found["outdated"]:
+        logger.warning(f"{host.print_prefix}network: " + found["report"])
 
 
 def wanted() -> dict:
     """The network this host wants: a bridge on one host; an attachable overlay (with the
-    anchor container on every host) when it spans hosts (watchme/placement.py)."""
+    anchor container on every host) when it spans hosts (watchme/placement.py). Both keep
+    Docker's dynamic addresses in ip_range, outside every registry IP."""
     d = host.data
     overlay = placement.swarm(host, inventory)
     return {"driver": placement.network_driver(host, inventory),
             "anchor": placement.ANCHOR_IMAGE if overlay else "",
             "ip_range": str(d.get("network_ip_range") or default_range(
-                ipaddress.IPv4Network(d.network_subnet))) if overlay else "",
+                ipaddress.IPv4Network(d.network_subnet))),
             "encrypted": bool(d.get("network_encrypted", False)) and overlay}
 
 

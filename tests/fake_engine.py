@@ -115,7 +115,8 @@ class FakeEngine(docker_api.Docker):
     def _post(self, parts, body):
         if parts == ["networks", "create"]:
             ipam = body["IPAM"]["Config"][0]
-            self.networks[body["Name"]] = network(body["Name"], ipam["Subnet"], ipam["Gateway"])
+            self.networks[body["Name"]] = {**network(body["Name"], ipam["Subnet"], ipam["Gateway"]),
+                                           "IPAM": {"Config": [dict(ipam)]}}  # IPRange too
             return 201, {"Id": "new"}
         if parts[0] == "networks" and parts[2] == "disconnect":
             c = self._find(body["Container"])

@@ -15,6 +15,8 @@ import subprocess
 import pytest
 
 from tests import fake_services
+from tests.fake_engine import FakeEngine, container, network
+from tests.host_scripts import network_repair
 from tests.conftest import ROOT, WATCHME, assert_idempotent
 from tests.fake_services import wait
 from watchme import doctor
@@ -53,11 +55,20 @@ def _net(members=None, **network):
         "members": members or [_member("watchme-alpha"), _member("watchme-beta")]})
 
 
+def _range(ip_range=None, containers=()):
+    """network_repair.py --check --json --name watchme-network --ip-range R, from the script."""
+    net = network()
+    if ip_range:
+        net["IPAM"]["Config"][0]["IPRange"] = ip_range
+    return json.dumps(network_repair.inspect(FakeEngine([net], containers), {
+        "name": "watchme-network", "ip_range": "172.27.255.0/24"}))
+
+
 HEALTHY = {"nginx_rc": "0", "nginx_out": "test is successful", "docker_active": "active",
            "docker_info": "0", "MemTotal": "2000000", "MemAvailable": "900000",
            "SwapTotal": "2097148", "SwapFree": "2000000", "virt": "none",
            "guard_disk": json.dumps({"root": "/var/lib/docker", "percent": 40}),
-           "guard_net": _net(),
+           "guard_net": _net(), "net_range": _range("172.27.255.0/24"),
            **{f"{s}.{k}": v for s in ("alpha", "beta") for k, v in
               (("listen", "yes"), ("upstream", "200"), ("route", "200"),
                ("image", f"r.example/{s}:1"), ("pull", '{"ok": true, "cause": ""}'))}}
@@ -75,7 +86,8 @@ def test_probe_script_is_valid_sh(cfg):
 
 def test_healthy_values_pass(cfg):
     rows = _rows(cfg)
-    assert all(r.ok for r in rows.values()) and len(rows) == 6 + 2 * 6
+    assert all(r.ok for r in rows.values()) and len(rows) == 7 + 2 * 6
+    assert rows["host", "watchme-network ip-range"].detail == "172.27.255.0/24"
     off = doctor.diagnose(HEALTHY, {**cfg, "compose_pull": False})
     assert [r.detail for r in off if r.check == "image pull"] == ["pulls off (compose_pull is false)"] * 2
 
@@ -96,6 +108,23 @@ def test_memory_limit_mismatch(cfg):
     assert not row.ok and row.detail == "unlimited (registry 32m)"
     assert row.cause.startswith("watchme-alpha runs with a memory limit of unlimited, the registry says 32m")
     assert r["beta", "memory limit"].ok
+
+
+def test_network_without_the_dynamic_range(cfg):
+    """The production network, made by hand without --ip-range: reported with the script's
+    own cause and the maintenance-window fix."""
+    r = _rows(cfg, net_range=_range(containers=[
+        container("a1", "watchme-alpha", networks={"watchme-network": ("172.27.0.6", [])})]))
+    row = r["host", "watchme-network ip-range"]
+    assert not row.ok and row.detail == "(none) (wanted 172.27.255.0/24)"
+    assert row.cause == ("watchme-network has no range of its own for dynamic addresses: a "
+                         "container started without a fixed IP (a rollout candidate, a service "
+                         "whose ip is null) can take the registry IP of a stopped service")
+    assert row.fix.startswith("recreate it in a maintenance window with --data network_repair=true")
+    # no network, or no answer: the subnet row says why, no second row
+    assert ("host", "watchme-network ip-range") not in _rows(cfg, net_range="")
+    missing = json.dumps(network_repair.inspect(FakeEngine(), {"name": "watchme-network"}))
+    assert ("host", "watchme-network ip-range") not in _rows(cfg, net_range=missing)
 
 
 def test_nginx_without_the_location(cfg):
@@ -130,7 +159,7 @@ def test_every_advice_formats(cfg):
            "oom": "true", "upstream_path": "/", "upstream_url": "u", "public_path": "/p/",
            "want": "200", "internal": "i", "code": "500", "rcode": "502", "error": "e",
            "found": "x", "swap_file": "/swapfile", "swap_size_mib": 2048, "host": "b",
-           "answer": "ping: bad address", "image": "i:1", "detail": "d"}
+           "answer": "ping: bad address", "image": "i:1", "detail": "d", "report_head": "r"}
     for check, findings in doctor.ADVICE.items():
         for finding, (cause, fix) in findings.items():
             assert cause.format(**ctx) and fix.format(**ctx), (check, finding)
@@ -204,7 +233,8 @@ def test_healthy_host_all_rows_pass(running, testhost_env, cfg):
     rc, rows = run_doctor(testhost_env, cfg)
     assert _failing(rows) == set()
     assert rc == 0
-    assert len(rows) == 6 + 2 * 6
+    assert len(rows) == 7 + 2 * 6
+    assert rows["host", "watchme-network ip-range"]["detail"] == "172.27.255.0/24"  # made by the deploy
     assert rows["alpha", "image pull"]["detail"] == "pulls off (compose_pull is false)"  # test hosts
 
 
@@ -214,7 +244,7 @@ def test_text_table(running, testhost_env, cfg):
     p = subprocess.run([WATCHME, "doctor"], cwd=ROOT, capture_output=True, text=True,
                        env={**env, **testhost_env, **cfg["env"]})
     assert p.returncode == 0
-    assert ": all 18 checks pass" in p.stdout.splitlines()[0]
+    assert ": all 19 checks pass" in p.stdout.splitlines()[0]
     assert "route via nginx" in p.stdout
 
 

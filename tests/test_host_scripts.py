@@ -308,6 +308,64 @@ def test_repair_ip_prefers_the_registry_then_its_own_if_it_fits():
     assert nr.repair_ip({"name": "a", "ip": "10.9.0.6"}, "172.27.0.0/16", {"a": "172.27.0.6"}) == "172.27.0.6"
 
 
+RANGE = "172.27.255.0/24"
+
+
+def test_create_body_keeps_dynamic_addresses_in_the_range_on_a_bridge_too():
+    assert nr.create_body({**WANT, "ip_range": RANGE}) == {
+        "Name": NET, "Driver": "bridge", "CheckDuplicate": True,
+        "IPAM": {"Config": [{"Subnet": "172.27.0.0/16", "Gateway": "172.27.0.1", "IPRange": RANGE}]}}
+    engine = FakeEngine()
+    assert nr.ensure(engine, {**WANT, "ip_range": RANGE}, False, {}, print) == 0
+    assert nr.inspect(engine, {**WANT, "ip_range": RANGE})["report"] == ""
+
+
+def test_network_without_the_range_is_reported_not_repaired_until_asked():
+    """The production network, made by hand without --ip-range: it works, so the deploy and
+    the unit go on (exit 0, nothing written) and say how to fix it; --repair recreates it
+    with the range, every container back on its IP."""
+    engine = FakeEngine([network()], [
+        container("a1", "watchme-alpha", networks={NET: ("172.27.0.6", ["alpha"])}),
+        container("b2", "watchme-beta", state="exited", networks={NET: ("172.27.0.7", [])})])
+    want, log = {**WANT, "ip_range": RANGE}, []
+    state = nr.inspect(engine, want)
+    assert (state["drift"], state["outdated"]) == ([], [["ip_range", RANGE, "(none)"]])
+    assert state["report"].splitlines() == [
+        f"{NET} has no range of its own for dynamic addresses: a container started without a "
+        "fixed IP (a rollout candidate, a service whose ip is null) can take the registry IP of "
+        "a stopped service:",
+        f"  ip_range wanted {RANGE}  found (none)",
+        "  attached containers (2):",
+        "    watchme-alpha                172.27.0.6 aliases alpha",
+        "    watchme-beta                 172.27.0.7 (stopped)",
+        "  fix: in a maintenance window, rerun with --data network_repair=true to recreate it "
+        "and reconnect these containers with their IPs and aliases (each loses the network for "
+        "a moment)"]
+    assert nr.ensure(engine, want, False, {}, log.append) == 0
+    assert engine.writes == [] and log == [state["report"]]
+    assert nr.ensure(engine, want, True, {"watchme-alpha": "172.27.0.6"}, print) == 0
+    assert engine.networks[NET]["IPAM"]["Config"] == [
+        {"Subnet": "172.27.0.0/16", "Gateway": "172.27.0.1", "IPRange": RANGE}]
+    assert (engine.ip("watchme-alpha"), engine.aliases("watchme-alpha")) == ("172.27.0.6", ["alpha"])
+    assert engine.ip("watchme-beta") == "172.27.0.7"
+    assert not Path(nr.JOURNAL).exists()
+    engine.writes.clear()
+    assert nr.ensure(engine, want, True, {}, print) == 0 and engine.writes == []  # idempotent
+
+
+def test_check_prints_the_report_or_the_state(monkeypatch, capsys):
+    monkeypatch.setattr(nr, "Docker", lambda: drifted_engine())
+    args = ["--name", NET, "--subnet", "172.27.0.0/16", "--gateway", "172.27.0.1"]
+    assert nr.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{NET} differs from the wanted configuration:\n")
+    assert out.rstrip().endswith("(each loses the network for a moment)")
+    assert nr.main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["report"] == out.rstrip("\n")
+    monkeypatch.setattr(nr, "Docker", lambda: FakeEngine([network()]))
+    assert nr.main(args) == 0 and capsys.readouterr().out == f"{NET}: as wanted\n"
+
+
 def test_default_gateway_accepted():
     engine = FakeEngine([{**network(), "IPAM": {"Config": [{"Subnet": "172.27.0.0/16"}]}}])
     assert nr.inspect(engine, WANT)["drift"] == []
@@ -428,6 +486,24 @@ def _serve_once(path: Path, answer: bytes) -> list[bytes]:
 
     threading.Thread(target=run, daemon=True).start()
     return got
+
+
+def test_running_containers_as_the_units_fact_reads_them(capsys, monkeypatch):
+    """docker_api.py running: the deploy's RunningContainers without the Docker CLI."""
+    from watchme.units import RunningContainers
+    engine = FakeEngine([network()], [
+        container("a1", "watchme-a", networks={NET: ("172.27.0.6", []), "bridge": ("172.17.0.2", [])},
+                  memory=32 * MIB, labels={"com.docker.compose.project.config_files": "/c.yml,/o.yml"}),
+        container("b2", "watchme-b", state="exited", networks={NET: ("172.27.0.7", [])})])
+    monkeypatch.setattr(docker_api, "Docker", lambda: engine)
+    assert docker_api.main(["running", "--", "watchme-a", "watchme-b", "watchme-gone"]) == 0
+    assert RunningContainers().process(capsys.readouterr().out.splitlines()) == {
+        "watchme-a": {"memory": 32 * MIB, "files": ["/c.yml", "/o.yml"],
+                      "ips": {NET: "172.27.0.6", "bridge": "172.17.0.2"}}}
+    no_docker = FakeEngine.__bases__[0](path="/nonexistent")  # the real client, nobody answers
+    monkeypatch.setattr(docker_api, "Docker", lambda: no_docker)
+    assert docker_api.main(["running", "watchme-a"]) == 0 and capsys.readouterr().out == "{}\n"
+
 
 
 @pytest.mark.parametrize("body", [

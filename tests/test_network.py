@@ -1,9 +1,10 @@
-"""tasks/network.py on a real test host: watchme-network, its drift and repair, and the
-compose audit. Two busybox services on fixed IPs, and a third whose compose file has the
-seed's bug (`driver: bridge`)."""
+"""tasks/network.py on a real test host: watchme-network, its drift and repair, its range for
+dynamic addresses, and the compose audit. Two busybox services on fixed IPs, and a third
+whose compose file has the seed's bug (`driver: bridge`)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
@@ -21,6 +22,8 @@ BETA = {"name": "beta", "container": "watchme-beta", "ip": "172.27.0.7", "port":
 GAMMA = {"name": "gamma", "container": "watchme-gamma", "ip": "172.27.0.8", "port": 8002, "start": False}
 GAMMA_FILE = "/home/ubuntu/gamma/docker-compose.prod.yml"
 NET = "watchme-network"
+RANGE = "172.27.255.0/24"  # network_ip_range's default: the subnet's last /24
+WANTED_IPAM = [{"Subnet": "172.27.0.0/16", "IPRange": RANGE, "Gateway": "172.27.0.1"}]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def _ip_and_aliases(host, container: str) -> tuple[str, list[str]]:
 def test_network_created_as_wanted(first_run, host):
     net = _inspect(host)
     assert net["Driver"] == "bridge"
-    assert net["IPAM"]["Config"] == [{"Subnet": "172.27.0.0/16", "Gateway": "172.27.0.1"}]
+    assert net["IPAM"]["Config"] == WANTED_IPAM
     assert net["Labels"] == {}, "a plain Docker network: no compose project owns it"
     infra = host.service("watchme-infrastructure.service")
     assert infra.is_running and infra.is_enabled
@@ -63,6 +66,39 @@ def test_network_created_as_wanted(first_run, host):
 def test_services_joined_with_their_registry_ips(first_run, host):
     for s in (ALPHA, BETA):
         assert _ip_and_aliases(host, s["container"])[0] == s["ip"]
+
+
+def test_running_containers_from_the_script_as_from_the_cli(first_run, host):
+    """The units' RunningContainers fact answers the same through the host script (the
+    Engine API, a no-op's answer) as through the Docker CLI (a new host's, before the
+    scripts are installed)."""
+    from watchme.units import RunningContainers
+    fact, names = RunningContainers(), [ALPHA["container"], BETA["container"], "watchme-none"]
+
+    def read(script: str) -> dict:
+        return fact.process(host.check_output(fact.command(names, script=script)).splitlines())
+
+    api = read("/opt/watchme/scripts/docker_api.py")
+    assert api == read("/nonexistent/docker_api.py")  # the CLI
+    assert set(api) == {ALPHA["container"], BETA["container"]}
+    alpha = api[ALPHA["container"]]
+    assert alpha["ips"][NET] == ALPHA["ip"] and alpha["memory"] > 0
+    assert "/opt/watchme/compose/alpha.override.yml" in alpha["files"]
+
+
+def _dynamic_ip(host, name: str = "dynamic") -> str:
+    """The address Docker gives a container started on the network without --ip."""
+    host.check_output(f"docker run -d --name {name} --network {NET} {fake_services.IMAGE} "
+                      "/bin/busybox sleep 600")
+    try:
+        return _ip_and_aliases(host, name)[0]
+    finally:
+        host.check_output(f"docker rm -f {name}")
+
+
+def test_a_container_without_an_ip_gets_one_from_the_range(first_run, host):
+    """A rollout candidate or a null-IP service never takes a stopped service's fixed IP."""
+    assert ipaddress.ip_address(_dynamic_ip(host)) in ipaddress.ip_network(RANGE)
 
 
 def test_compose_audit_reports_driver_bridge(first_run, host):
@@ -109,7 +145,7 @@ def test_repair_recreates_and_keeps_ips_and_aliases(drifted, deploy, host, env):
     run = deploy("--data", "network_repair=true", env=env)
     assert run.rc == 0, run.stderr[-3000:]
     net = _inspect(host)
-    assert net["IPAM"]["Config"] == [{"Subnet": "172.27.0.0/16", "Gateway": "172.27.0.1"}]
+    assert net["IPAM"]["Config"] == WANTED_IPAM
     assert {c: _ip_and_aliases(host, c) for c in before} == before
     # Name and alias resolution over the new network, both ways.
     assert host.check_output("docker exec watchme-alpha /bin/busybox wget -qO- http://drift-alias:8080/") == "drifter"
@@ -159,6 +195,50 @@ def test_no_service_starts_on_a_drifted_network(repaired, deploy, host, env):
     for s in (ALPHA, BETA):
         wait(host, f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
         assert _ip_and_aliases(host, s["container"])[0] == s["ip"]
+
+
+@pytest.fixture(scope="module")
+def hand_made(repaired, host):
+    """watchme-network as the production server has it: made by hand with the right subnet
+    and gateway but no --ip-range, the services attached with their IPs."""
+    host.check_output("systemctl stop watchme-alpha.service watchme-beta.service; "
+                      f"docker rm -f drifter; docker network rm {NET} && docker network create "
+                      f"--subnet 172.27.0.0/16 --gateway 172.27.0.1 {NET} && "
+                      "systemctl start watchme-alpha.service watchme-beta.service")
+    for s in (ALPHA, BETA):
+        wait(host, f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
+    net = _inspect(host)
+    assert "IPRange" not in net["IPAM"]["Config"][0]
+    return net
+
+
+def test_a_network_without_the_range_is_reported_not_repaired(hand_made, deploy, host, env):
+    run = deploy(env=env)
+    assert run.rc == 0, run.stderr[-3000:]
+    assert f"{NET} has no range of its own for dynamic addresses" in run.stderr
+    assert f"ip_range wanted {RANGE}  found (none)" in run.stderr
+    assert "fix: in a maintenance window, rerun with --data network_repair=true" in run.stderr
+    assert _inspect(host)["Id"] == hand_made["Id"], "the network was recreated without asking"
+    assert not [op for op in run.changed() if "network" in op.lower()], run.changed()
+    # The infrastructure unit (boot, restart) runs the same check: it works, so it starts.
+    assert host.run("systemctl restart watchme-infrastructure.service").rc == 0
+    assert _inspect(host)["Id"] == hand_made["Id"]
+    for s in (ALPHA, BETA):  # restarted with it, on the same network and IPs
+        wait(host, f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
+        assert _ip_and_aliases(host, s["container"])[0] == s["ip"]
+
+
+def test_network_repair_adds_the_range_and_keeps_the_ips(hand_made, deploy, host, env):
+    before = {s["container"]: _ip_and_aliases(host, s["container"]) for s in (ALPHA, BETA)}
+    run = deploy("--data", "network_repair=true", env=env)
+    assert run.rc == 0, run.stderr[-3000:]
+    net = _inspect(host)
+    assert net["Id"] != hand_made["Id"] and net["IPAM"]["Config"] == WANTED_IPAM
+    assert {c: _ip_and_aliases(host, c) for c in before} == before
+    assert ipaddress.ip_address(_dynamic_ip(host)) in ipaddress.ip_network(RANGE)
+    again = deploy("--data", "network_repair=true", env=env)
+    assert again.rc == 0 and again.changed() == [], again.changed()
+    assert _inspect(host)["Id"] == net["Id"]
 
 
 def test_second_run_changes_nothing(repaired, deploy, env):

@@ -11,6 +11,7 @@ import yaml
 from pyinfra.api.exceptions import OperationError
 from pyinfra.context import ctx_host
 
+from tests.host_scripts import network_repair
 from tests.pyinfra_fake import FakeHost, run_op
 
 from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_network,
@@ -18,17 +19,22 @@ from watchme.network import (ComposeFiles, DockerNetwork, audit_compose, docker_
 from watchme.units import UnitFiles, ours
 
 WANTED = {"network": "watchme-network", "driver": "bridge", "subnet": "172.27.0.0/16",
-          "gateway": "172.27.0.1", "script": "/s/network_repair.py"}
+          "gateway": "172.27.0.1", "script": "/s/network_repair.py", "ip_range": "172.27.255.0/24"}
 ENSURE = ("python3 /s/network_repair.py --ensure --name watchme-network --driver bridge "
-          "--subnet 172.27.0.0/16 --gateway 172.27.0.1")
+          "--subnet 172.27.0.0/16 --gateway 172.27.0.1 --ip-range 172.27.255.0/24")
+NO_RANGE = [("ip_range", "172.27.255.0/24", "(none)")]
 
 
-def found(drift=(), journal=None, exists=True, containers=()):
-    """DockerNetwork's value: network_repair.py --check --json."""
-    return {"exists": exists, "journal": journal, "drift": [list(d) for d in drift],
-            "network": {"name": "watchme-network", "driver": "bridge", "subnet": "172.27.0.0/16",
-                        "gateway": "172.27.0.1", "labels": {}} if exists else None,
-            "containers": list(containers)}
+def found(drift=(), journal=None, exists=True, containers=(), outdated=()):
+    """DockerNetwork's value: network_repair.py --check --json (its report rendered by the
+    script itself)."""
+    state = {"exists": exists, "journal": journal, "drift": [list(d) for d in drift],
+             "outdated": [list(d) for d in outdated],
+             "network": {"name": "watchme-network", "driver": "bridge", "subnet": "172.27.0.0/16",
+                         "gateway": "172.27.0.1", "ip_range": "" if outdated else "172.27.255.0/24",
+                         "labels": {}} if exists else None,
+             "containers": list(containers)}
+    return {**state, "report": network_repair.report(state, {"name": "watchme-network"})}
 
 
 @pytest.mark.parametrize("fact, repair, fixed, expect", [
@@ -36,6 +42,9 @@ def found(drift=(), journal=None, exists=True, containers=()):
     (found(exists=False), False, {}, [ENSURE]),                   # missing: created on the host
     (found(journal={"started": "x"}), False, {}, [ENSURE]),       # an interrupted repair
     (found(), False, {}, []),                                     # as wanted
+    (found(outdated=NO_RANGE), False, {}, []),                    # no ip-range: works, reported
+    (found(outdated=NO_RANGE), True, {"watchme-a": "172.27.0.6"},  # ... recreated when asked
+     [ENSURE + " --repair --fixed-ip watchme-a=172.27.0.6"]),
     (found(drift=[("subnet", "172.27.0.0/16", "172.27.0.0/24")]), True,
      {"watchme-vault-api": "172.27.0.6", "a b": "172.27.0.7"},
      [ENSURE + " --repair --fixed-ip 'a b=172.27.0.7' --fixed-ip watchme-vault-api=172.27.0.6"]),
@@ -62,14 +71,22 @@ def test_drift_without_repair_fails_with_the_diff(line):
     assert "network_repair=true" in msg
 
 
+def test_outdated_network_is_a_noop_that_says_so():
+    _, fake = run_op(docker_network, {DockerNetwork: found(outdated=NO_RANGE)}, **WANTED)
+    assert fake.noops == ["network watchme-network: bridge 172.27.0.0/16 gateway 172.27.0.1 "
+                          "(outdated: ip_range (none), wanted 172.27.255.0/24)"]
+
+
 def test_network_fact_reads_the_script():
     fact = DockerNetwork()
     assert fact.process([]) is None  # not installed
     assert fact.process(json.dumps(found()).splitlines()) == found()
     assert fact.process(['{"exit_code": 3, "error": "Docker is not answering"}'])["exists"] is False
+    old = {k: v for k, v in found().items() if k != "report"}
+    assert fact.process(json.dumps(old).splitlines()) is None  # older script: --ensure decides
     assert fact.command("/s/network_repair.py", "watchme-network", "bridge", "172.27.0.0/16",
-                        "172.27.0.1").endswith(ENSURE.replace("--ensure", "--check --json")
-                                               .removeprefix("python3 ") + " || true; fi")
+                        "172.27.0.1", ip_range="172.27.255.0/24").endswith(
+        ENSURE.replace("--ensure", "--check --json").removeprefix("python3 ") + " || true; fi")
 
 
 def test_compose_files_fact():
@@ -166,6 +183,8 @@ def test_ours_finds_links_into_the_config_root():
 def test_infrastructure_unit_runs_the_same_ensure():
     from watchme.network import create_command
     with ctx_host.use(FakeHost({}, {"config_root": "/opt/watchme"})):
-        assert create_command("watchme-network", "bridge", "172.27.0.0/16", "172.27.0.1") == (
+        assert create_command("watchme-network", "bridge", "172.27.0.0/16", "172.27.0.1",
+                              ip_range="172.27.255.0/24") == (
             "/usr/bin/python3 /opt/watchme/scripts/network_repair.py --ensure --name "
-            "watchme-network --driver bridge --subnet 172.27.0.0/16 --gateway 172.27.0.1")
+            "watchme-network --driver bridge --subnet 172.27.0.0/16 --gateway 172.27.0.1 "
+            "--ip-range 172.27.255.0/24")

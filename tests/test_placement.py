@@ -156,7 +156,8 @@ def test_overlay_create_body_is_attachable_with_the_dynamic_range():
                                        "IPRange": "172.27.255.0/24"}]
     assert network_repair.create_body({**want, "encrypted": True})["Options"] == {"encrypted": ""}
     bridge = network_repair.create_body({**want, "driver": "bridge"})
-    assert "Attachable" not in bridge and "IPRange" not in bridge["IPAM"]["Config"][0]
+    # a bridge keeps its dynamic addresses in the range too (issue 12 section 4), not attachable
+    assert "Attachable" not in bridge and bridge["IPAM"]["Config"][0]["IPRange"] == "172.27.255.0/24"
 
 
 def test_routes_and_explain_show_the_real_target(capsys, monkeypatch):

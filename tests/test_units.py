@@ -78,8 +78,13 @@ def test_loaded_units_fact_reads_need_daemon_reload_for_all_units_at_once():
 def test_running_containers_fact_reads_memory_and_ips_of_running_ones():
     from watchme.units import RunningContainers
     fact = RunningContainers()
-    assert fact.command(containers=["watchme-a", "watchme-b"]).startswith("docker inspect -f ")
-    assert fact.command(containers=["a"]).endswith(" -- a 2>/dev/null || true")
+    # the host script (files/docker_api.py) when installed, else the Docker CLI (a new host)
+    assert fact.command(containers=["watchme-a", "watchme-b"], script="/s/docker_api.py") == (
+        "if [ -f /s/docker_api.py ] && command -v python3 >/dev/null; then python3 "
+        "/s/docker_api.py running -- watchme-a watchme-b; else docker inspect -f "
+        f"'{fact.FORMAT}' -- watchme-a watchme-b 2>/dev/null || true; fi")
+    assert fact.process(['{"watchme-a": {"memory": 1, "files": [], "ips": {}}}']) == {
+        "watchme-a": {"memory": 1, "files": [], "ips": {}}}
     assert fact.process(["/watchme-a true 33554432 files=/c.yml,/o.yml bridge=172.17.0.2 "
                          "watchme-network=172.27.0.6", "/watchme-b false 0 files=",
                          "/watchme-c true 0 files= watchme-network=172.27.0.8"]) == {

@@ -8,7 +8,7 @@ the container really had), its memory limit as the registry says, its port liste
 upstream answering on its internal path (http://localhost:PORT + upstream_path + probe path,
 what Nginx requests), the route answering through Nginx (Host: server_name, public_path +
 probe path). Per host: `nginx -t`, the Docker daemon, disk use of Docker's data root, memory
-and swap, watchme-network's subnet and gateway. A failed row names the likely cause and the
+and swap, watchme-network's subnet and gateway, and its range for dynamic addresses. A failed row names the likely cause and the
 runbook's fix (ADVICE: check -> finding -> (cause, fix)).
 
 It reaches the hosts exactly as a deploy does (watchme/inspect.py: inventory.py, group_data,
@@ -21,6 +21,7 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import shlex
 import sys
@@ -30,6 +31,7 @@ from pyinfra.api import FactBase
 
 from watchme import kv
 from watchme.network_check import size
+from watchme.settings import default_range
 
 
 @dataclass
@@ -75,6 +77,12 @@ ADVICE: dict[str, dict[str, tuple[str, str]]] = {
                   "reconnects each container with its IP"),
         "unchecked": ("the network check cannot look: {error}",
                       "run the deploy (it installs {scripts}/network_monitor.py); check the docker row")},
+    # network_repair.py --check's own words: "{network_name} has no range of its own ..."
+    "network range": {
+        "outdated": ("{report_head}",
+                     "recreate it in a maintenance window with --data network_repair=true (the "
+                     "deploy reconnects every container with its IP and aliases; each loses the "
+                     "network for a moment)")},
     "container": {
         "missing": ("no container {container}",
                     "sudo systemctl start {unit} (compose up from {compose_file}); "
@@ -154,7 +162,8 @@ ADVICE: dict[str, dict[str, tuple[str, str]]] = {
         "unknown": ("the pull failed: {detail}", "sudo docker pull {image}")},
 }
 
-SETTINGS = ("network_name", "network_subnet", "network_gateway", "server_name", "registry",
+SETTINGS = ("network_name", "network_subnet", "network_gateway", "network_ip_range", "server_name",
+            "registry",
             "disk_prune_threshold", "swap_file", "swap_size_mib", "infra_unit", "config_root",
             "compose_pull", "ecr_registry", "ecr_region", "http_only")
 
@@ -172,6 +181,8 @@ def settings(data) -> dict:
     cfg = {k: data.get(k) for k in SETTINGS}
     cfg["scripts"] = f"{cfg['config_root']}/scripts"
     cfg["members"] = f"{cfg['config_root']}/monitor/members.json"
+    cfg["ip_range"] = str(cfg["network_ip_range"] or default_range(
+        ipaddress.IPv4Network(str(cfg["network_subnet"]))))
     services = cfg["registry"].enabled_services if cfg["registry"] is not None else []
     # One host: it runs and routes every service. placed() narrows this per host (issue 14).
     cfg.update(services=services, routed=services, remote=[], role="")
@@ -230,6 +241,9 @@ def probe_script(cfg: dict) -> str:
         f"--threshold {int(cfg['disk_prune_threshold'])} 2>/dev/null | tr -d '\\n')\"",
         f"echo \"guard_net=$(python3 {q(scripts + '/network_monitor.py')} --check --json "
         f"--members {q(cfg['members'])} 2>/dev/null | tr -d '\\n')\"",
+        f"echo \"net_range=$(python3 {q(scripts + '/network_repair.py')} --check --json "
+        f"--name {q(cfg['network_name'])} --ip-range {q(cfg['ip_range'])} 2>/dev/null "
+        "| tr -d '\\n')\"",
     ]
     for s in cfg["services"]:
         k = s.name
@@ -362,7 +376,21 @@ def host_rows(v: dict[str, str], cfg: dict) -> list[Row]:
         ctx["found"] = f"{net['found_subnet']} {net['found_gateway']}"
         rows.append(row("host", check, "network", ctx["found"],
                         None if net["ok"] else "drift", ctx))
+    rows += range_rows(v, cfg)
     return rows
+
+
+def range_rows(v: dict[str, str], cfg: dict) -> list[Row]:
+    """The network's range for dynamic addresses (network_repair.py --check): none when the
+    network is missing or the script cannot say (the subnet row tells why)."""
+    found = _json(v.get("net_range")) or {}
+    if not found.get("exists") or "outdated" not in found:
+        return []
+    have = found["network"].get("ip_range") or "(none)"
+    ctx = {**cfg, "report_head": found["report"].splitlines()[0].rstrip(":") if found["report"] else ""}
+    return [row("host", f"{cfg['network_name']} ip-range", "network range",
+                f"{have}" + ("" if have == cfg["ip_range"] else f" (wanted {cfg['ip_range']})"),
+                "outdated" if found["outdated"] else None, ctx)]
 
 
 def service_rows(s, v: dict[str, str], cfg: dict, member: dict | None,

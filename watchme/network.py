@@ -35,18 +35,21 @@ def script_path() -> str:
 
 class DockerNetwork(FactBase):
     """network_repair.py's read-only report (see files/network_repair.py): {"exists",
-    "network" {"name", "driver", "subnet", "gateway", "labels"}, "containers" [{"name",
-    "ip", "aliases", "running"}], "drift" [[field, wanted, found]], "journal"}, or
-    {"exists": False, "error"} when Docker does not answer. None when the script is not
-    installed yet (a new host): the operation then runs --ensure, which decides on the host.
+    "network" {"name", "driver", "subnet", "gateway", "ip_range", "labels"}, "containers"
+    [{"name", "ip", "aliases", "running"}], "drift" and "outdated" [[field, wanted, found]],
+    "journal", "report" (the text people read, "" when nothing differs)}, or {"exists":
+    False, "error"} when Docker does not answer. None when the script is not installed yet
+    (a new host), or is older than this checkout (no "report": the deploy installs the new
+    one first): the operation then runs --ensure, which decides on the host.
     """
 
     def command(self, script: str, network: str, driver: str, subnet: str, gateway: str,
-                anchor: str = "") -> str:
+                anchor: str = "", ip_range: str = "") -> str:
         s = shlex.quote(script)
         return (f"if [ -f {s} ] && command -v python3 >/dev/null; then python3 {s} --check --json "
                 # exit 3 (Docker not answering) is an answer too: its JSON says so
-                f"{_args(network, driver, subnet, gateway)}{_anchor(anchor)} || true; fi")
+                f"{_args(network, driver, subnet, gateway)}{_range(ip_range)}{_anchor(anchor)}"
+                " || true; fi")
 
     def process(self, output):
         text = "\n".join(output).strip()
@@ -55,17 +58,24 @@ class DockerNetwork(FactBase):
         data = json.loads(text)
         if "error" in data:  # Docker not answering (not installed yet): nothing to compare
             return {"exists": False, "network": None, "containers": [], "drift": [],
-                    "journal": None, "error": data["error"]}
-        return data
+                    "outdated": [], "journal": None, "report": "", "error": data["error"]}
+        return data if "report" in data else None
+
+
+def network_fact(script: str, network: str, driver: str, subnet: str, gateway: str,
+                 anchor: str = "", ip_range: str = "") -> dict | None:
+    """DockerNetwork, asked the same way by the early check and the operation (one read)."""
+    return host.get_fact(DockerNetwork, script=script, network=network, driver=driver,
+                         subnet=subnet, gateway=gateway, **({"anchor": anchor} if anchor else {}),
+                         **({"ip_range": ip_range} if ip_range else {}))
 
 
 def _anchor(anchor: str) -> str:
     return f" --anchor {shlex.quote(anchor)}" if anchor else ""
 
 
-def _overlay(ip_range: str, encrypted: bool) -> str:
-    return (f" --ip-range {shlex.quote(ip_range)}" if ip_range else "") + \
-        (" --encrypted" if encrypted else "")
+def _range(ip_range: str) -> str:
+    return f" --ip-range {shlex.quote(ip_range)}" if ip_range else ""
 
 
 def _args(network: str, driver: str, subnet: str, gateway: str) -> str:
@@ -80,24 +90,9 @@ def ensure_command(script: str, network: str, driver: str, subnet: str, gateway:
     (or with repair, repair) a drifted network; the one implementation, on the host."""
     fixed = "".join(f" --fixed-ip {shlex.quote(f'{c}={ip}')}" for c, ip in sorted((fixed_ips or {}).items()))
     return (f"python3 {shlex.quote(script)} --ensure {_args(network, driver, subnet, gateway)}"
-            f"{_overlay(ip_range, encrypted) if driver == 'overlay' else ''}{_anchor(anchor)}"
+            f"{_range(ip_range)}{' --encrypted' if encrypted and driver == 'overlay' else ''}"
+            f"{_anchor(anchor)}"
             f"{' --repair' if repair else ''}{fixed}")
-
-
-def drift_report(found: dict) -> str:
-    """The drift as the deploy shows it, with the attached containers and the fix."""
-    net = found["network"]
-    lines = [f"{net['name']} differs from the wanted configuration:"]
-    lines += [f"  {k:<8} wanted {w:<16} found {f}" for k, w, f in found["drift"]]
-    cs = found["containers"]
-    lines.append(f"  attached containers ({len(cs)}):" if cs else "  attached containers: none")
-    for c in cs:
-        aliases = f" aliases {','.join(c['aliases'])}" if c["aliases"] else ""
-        lines.append(f"    {c['name']:<28} {c['ip'] or '(dynamic)'}{aliases}"
-                     f"{'' if c['running'] else ' (stopped)'}")
-    lines.append("  fix: rerun with --data network_repair=true to recreate it and reconnect these "
-                 "containers with their IPs and aliases (each loses the network for a moment)")
-    return "\n".join(lines)
 
 
 def create_command(name: str, driver: str, subnet: str, gateway: str, anchor: str = "",
@@ -113,24 +108,28 @@ def create_command(name: str, driver: str, subnet: str, gateway: str, anchor: st
 def docker_network(network: str, driver: str, subnet: str, gateway: str, repair: bool = False,
                    fixed_ips: dict[str, str] | None = None, script: str | None = None,
                    anchor: str = "", ip_range: str = "", encrypted: bool = False):
-    """A Docker network with exactly this driver, subnet and gateway (network_repair.py).
+    """A Docker network with exactly this driver, subnet and gateway, and ip_range for
+    Docker's dynamic addresses (network_repair.py).
 
     As wanted and no interrupted repair: no change. Missing, an unfinished repair journal,
     or the script not installed yet (its fact cannot look): --ensure on the host. Drifted:
     an error with the diff, unless repair (journal first, then every attached container
-    back with its IP, fixed_ips from the registry winning, and aliases).
+    back with its IP, fixed_ips from the registry winning, and aliases). Outdated (an
+    existing network without the ip_range): no change unless repair, which recreates it
+    the same way; it works as it is, so it is reported (tasks/network.py), never forced.
     """
     script = script or script_path()
-    # anchor only when there is one: a bridge's fact is asked exactly as before (prefetch)
-    found = host.get_fact(DockerNetwork, script=script, network=network, driver=driver,
-                          subnet=subnet, gateway=gateway, **({"anchor": anchor} if anchor else {}))
+    found = network_fact(script, network, driver, subnet, gateway, anchor, ip_range)
     anchored = not anchor or (found or {}).get("anchor", {}).get("running") and \
         found["anchor"].get("attached")
-    if found and found["exists"] and not found["drift"] and not found["journal"] and anchored:
-        host.noop(f"network {network}: {driver} {subnet} gateway {gateway}")
+    if found and found["exists"] and not found["drift"] and not found["journal"] and anchored \
+            and not (repair and found["outdated"]):
+        host.noop(f"network {network}: {driver} {subnet} gateway {gateway}"
+                  + (f" (outdated: {found['outdated'][0][0]} {found['outdated'][0][2]}, wanted "
+                     f"{found['outdated'][0][1]})" if found["outdated"] else ""))
         return
     if found and found["drift"] and not repair and not found["journal"]:
-        raise OperationError(drift_report(found))
+        raise OperationError(found["report"])
     yield ensure_command(script, network, driver, subnet, gateway, repair, fixed_ips,
                          anchor=anchor, ip_range=ip_range, encrypted=encrypted)
 

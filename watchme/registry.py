@@ -314,7 +314,7 @@ class Registry(BaseModel):
                            f"{net} (gateway {gw}); pick a free address in it, or null if off the network")
             elif s.ip is not None and s.ip in settings.dynamic_range:
                 out.append(f"services[{s.name}].ip: {s.ip} is in network_ip_range {settings.dynamic_range}, "
-                           "where Docker picks dynamic addresses on an overlay; pick one outside it")
+                           "where Docker picks dynamic addresses; pick one outside it")
             if s.unit == settings.infra_unit:
                 out.append(f"services[{s.name}].unit: {s.unit} is the infrastructure unit (infra_unit); "
                            "pick another name")

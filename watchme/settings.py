@@ -152,8 +152,9 @@ class Settings(BaseModel):
     network_scope: Annotated[StrictStr, pattern(r"single|swarm", "use single (one host's bridge) or "
                                                 "swarm (an attachable overlay across hosts)")] = \
         _f("single", "single: a bridge on one host; swarm: an overlay (also with several hosts).")
-    network_ip_range: Subnet | None = _f(None, "Overlay only: where Docker picks dynamic addresses "
-                                         "(anchors, swarm load balancers); None: the subnet's last /24.")
+    network_ip_range: Subnet | None = _f(None, "Where Docker picks dynamic addresses (a container "
+                                         "without a fixed IP, an overlay's anchors); registry IPs stay "
+                                         "outside; None: the subnet's last /24.")
     network_encrypted: StrictBool = _f(False, "Overlay only: IPsec-encrypt the data plane (--opt encrypted).")
     private_address: IPv4 | None = _f(None, "This host's private address (default: read from the host).")
     network_subnet: Subnet = _f("172.27.0.0/16", "The network's subnet; registry IPs are inside it.")
@@ -179,7 +180,7 @@ class Settings(BaseModel):
 
     @property
     def dynamic_range(self) -> ipaddress.IPv4Network:
-        """Where an overlay's dynamic addresses come from (registry IPs stay outside)."""
+        """Where the network's dynamic addresses come from (registry IPs stay outside)."""
         return self.network_ip_range or default_range(self.network_subnet)
 
     def problems(self) -> list[tuple[str, str]]:
