@@ -30,6 +30,7 @@ APP = {"name": "app", "container": "watchme-app", "ip": "172.27.0.40", "port": 8
        "memory_limit": "48m"}
 DYN = {"name": "dyn", "container": "watchme-dyn", "ip": None, "port": 8041, "memory_limit": "40m"}
 SITE = "/opt/watchme/nginx/api.hey-watch.me"
+PINS = "/var/lib/watchme/image-pins.json"
 CANDIDATE = "watchme-app-candidate"
 DYNAMIC = "172.27.255."  # the dynamic range of 172.27.0.0/16 (settings.default_range)
 NO_ROOM = ["--data", "host_memory_mib=100000000", "--data", "memory_os_reserve_mib=90000000"]
@@ -199,8 +200,11 @@ def test_a_killed_rollout_is_repaired_by_the_next_deploy(live, host, env, deploy
         p = subprocess.Popen([WATCHME, "rollout", "app", "--json", "--image", f"{ri.REGISTRY}/app:v2"],
                              cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
+        # Killed after the switch, once the new image is pinned: the unit is restarting while
+        # Nginx routes to the candidate (the state that needs the most repair).
         end = time.monotonic() + 300
-        while DYNAMIC not in host.check_output(f"cat {SITE}"):  # Nginx routes to the candidate
+        while not (DYNAMIC in host.check_output(f"cat {SITE}")
+                   and "app:v2" in host.check_output(f"cat {PINS}")):
             assert p.poll() is None and time.monotonic() < end, "the rollout never switched Nginx"
             time.sleep(0.2)
         p.send_signal(signal.SIGKILL)

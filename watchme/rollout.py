@@ -69,10 +69,15 @@ class Remote:
         return out
 
     def write(self, path: str, text: str) -> None:
-        b64 = base64.b64encode(text.encode()).decode()
-        p = shlex.quote(path)
-        self.must(f"mkdir -p $(dirname {p}) && echo {b64} | base64 -d > {p}.new && "
-                  f"chmod 644 {p}.new && mv {p}.new {p}", f"write {path}")
+        self.must(write_command(path, text), f"write {path}")
+
+
+def write_command(path: str, text: str) -> str:
+    """Replace path with text atomically (a rename)."""
+    b64 = base64.b64encode(text.encode()).decode()
+    p = shlex.quote(path)
+    return (f"mkdir -p $(dirname {p}) && echo {b64} | base64 -d > {p}.new && "
+            f"chmod 644 {p}.new && mv {p}.new {p}")
 
 
 def inspect(r: Remote, container: str) -> dict | None:
@@ -176,18 +181,22 @@ class Rollout:
         self.override = images.override_path(self.data.config_root, service.name)
         self.pins = images.parse_pins(r.run(f"cat {images.PINS} 2>/dev/null")[1])
 
-    def set_pin(self, ref: str | None) -> None:
+    def pin_and_restart(self, ref: str | None) -> None:
+        """Pin ref (None: the compose file's own image) in the pins record and the override,
+        and restart the unit, in ONE remote command that ignores the hangup of a killed
+        rollout's session: a pin is never left written without its restart (the deploy
+        renders pins back, but restarts a running unit only when its override changes)."""
         s = self.service
         if ref:
             self.pins[s.name] = ref
         else:
             self.pins.pop(s.name, None)
-        self.r.write(images.PINS, json.dumps(self.pins, indent=1, sort_keys=True) + "\n")
-        self.r.write(self.override, images.render_override(s, self.target, s.compose_file, ref))
-
-    def restart(self) -> None:
-        self.r.must(f"systemctl restart {shlex.quote(self.unit)}", f"restart {self.unit}",
-                    timeout=180)
+        pins = json.dumps(self.pins, indent=1, sort_keys=True) + "\n"
+        override = images.render_override(s, self.target, s.compose_file, ref)
+        self.r.must("trap '' HUP PIPE; " + write_command(images.PINS, pins) + " && "
+                    + write_command(self.override, override)
+                    + f" && systemctl restart {shlex.quote(self.unit)}",
+                    f"pin {ref or 'the compose file image'} and restart {self.unit}", timeout=180)
 
     def deadline(self) -> float:
         return time.monotonic() + self.timeout
@@ -299,15 +308,16 @@ class Rollout:
         # 3. The fixed-IP container on the new image, while the candidate serves.
         direct = (s.upstream_host, s.port)
         try:
-            self.set_pin(self.image)  # --image pins; a compose-pull rollout clears the pin
-            self.restart()
+            self.pin_and_restart(self.image)  # --image pins; a compose-pull rollout clears it
             why = wait_live(r, self.data, s, new_id, self.deadline(), direct)
         except Failed as e:
             why = str(e)
         if why:
             res["failed"] = why
-            self.set_pin(self.before["pin"])
-            r.run(f"systemctl restart {shlex.quote(self.unit)}", timeout=180)
+            try:
+                self.pin_and_restart(self.before["pin"])
+            except Failed:
+                pass  # the wait below says what runs
             back = wait_live(r, self.data, s, self.before["id"], self.deadline(), direct)
             if back:  # the candidate keeps the route: it is the only copy that answers
                 res["status"], res["rollback_failed"] = "rollback_failed", \
@@ -332,8 +342,7 @@ class Rollout:
         is down for the restart; a failing new image is rolled back."""
         r, s, res = self.r, self.service, self.result
         try:
-            self.set_pin(self.image)
-            self.restart()
+            self.pin_and_restart(self.image)
             why = wait_live(r, self.data, s, new_id, self.deadline())
             if not why:
                 res["status"] = "live"
@@ -344,8 +353,10 @@ class Rollout:
         if self.before is None:
             res["status"] = "failed"  # nothing ran before: nothing to go back to
             return
-        self.set_pin(self.before["pin"])
-        r.run(f"systemctl restart {shlex.quote(self.unit)}", timeout=180)
+        try:
+            self.pin_and_restart(self.before["pin"])
+        except Failed:
+            pass  # the wait below says what runs
         back = wait_live(r, self.data, s, self.before["id"], self.deadline())
         res["status"] = "rolled_back" if not back else "rollback_failed"
         if back:
