@@ -185,3 +185,25 @@ def test_the_upstream_override_changes_only_that_proxy_pass():
 
 def test_the_rollout_renders_tls_as_the_deploy():
     assert rollout_site.ACME_ROOT == tls_task.ACME_ROOT
+
+
+# --- candidate or in place -------------------------------------------------------------------
+
+OK = dict(front=True, overlay=False, running=True, container="watchme-app", has_image=True,
+          site_is_render=True, address=ipaddress.IPv4Address("172.27.255.254"), dynamic=DYNAMIC,
+          room="")
+
+
+@pytest.mark.parametrize("change, says", [
+    ({}, ""),
+    ({"room": "MemAvailable 100 MiB < 348 MiB"}, "MemAvailable 100 MiB"),
+    ({"front": False}, "another host than Nginx"),
+    ({"overlay": True}, "overlay"),
+    ({"running": False}, "watchme-app is not running"),
+    ({"has_image": False}, "names no image"),
+    ({"site_is_render": False}, "run the deploy first"),
+    ({"address": None}, "no free address in the dynamic range 172.27.255.0/24"),
+])
+def test_the_mode_decision_names_its_reason(change, says):
+    got = candidate.in_place_reason(**{**OK, **change})
+    assert (got == "") if not says else (says in got)

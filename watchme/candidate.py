@@ -88,6 +88,25 @@ def room_for_second_copy(available: int | None, limit_mib: int, reserve_mib: int
     return ""
 
 
+def in_place_reason(*, front: bool, overlay: bool, running: bool, container: str,
+                    has_image: bool, site_is_render: bool, address, dynamic, room: str) -> str:
+    """'' when a candidate can carry the route; else why the rollout restarts in place (the
+    JSON's `reason`). room: room_for_second_copy's answer."""
+    if not front:
+        return "the service runs on another host than Nginx (the front)"
+    if overlay:
+        return "watchme-network is an overlay: Nginx cannot reach a container address on it"
+    if not running:
+        return f"{container} is not running: there is no live container to keep serving"
+    if not has_image:
+        return "the compose file names no image"
+    if not site_is_render:
+        return "the live Nginx site is not the registry's render (run the deploy first)"
+    if address is None:
+        return f"no free address in the dynamic range {dynamic}"
+    return room
+
+
 def container_port(inspect: dict | None, host_port: int) -> int:
     """The container port that the host's published host_port (the registry's `port`) maps
     to, read from the live container; host_port itself when not published (same port)."""

@@ -255,26 +255,21 @@ class Rollout:
 
     def why_in_place(self) -> str:
         """'' when a candidate can carry the route; else why the rollout restarts in place."""
-        s, st = self.service, self.settings
-        if self.site is None:
-            return "the service runs on another host than Nginx (the front)"
-        if placement.swarm(self.host, self.state.inventory):
-            return "watchme-network is an overlay: Nginx cannot reach a container address on it"
-        if self.before is None or not self.before["running"]:
-            return f"{s.container} is not running: there is no live container to keep serving"
-        if not self.target["image"] and not self.image:
-            return "the compose file names no image"
-        if not self.site.is_live(self.site.render()):
-            return "the live Nginx site is not the registry's render (run the deploy first)"
+        r, s, st = self.r, self.service, self.settings
+        front = self.site is not None
         self.address = candidate.choose_address(
-            st.dynamic_range, candidate.used_addresses(self.r.run(
+            st.dynamic_range, candidate.used_addresses(r.run(
                 f"docker network inspect {shlex.quote(st.network_name)}")[1]),
             [st.network_gateway, *(x.ip for x in self.data.registry.services if x.ip)])
-        if self.address is None:
-            return f"no free address in the dynamic range {st.dynamic_range}"
-        meminfo = self.r.run("cat /proc/meminfo")[1]
-        return candidate.room_for_second_copy(candidate.available_mib(meminfo), s.memory_mib,
-                                              st.memory_os_reserve_mib)
+        return candidate.in_place_reason(
+            front=front, overlay=placement.swarm(self.host, self.state.inventory),
+            running=bool(self.before and self.before["running"]), container=s.container,
+            has_image=bool(self.target["image"] or self.image),
+            site_is_render=front and self.site.is_live(self.site.render()),
+            address=self.address, dynamic=st.dynamic_range,
+            room=candidate.room_for_second_copy(
+                candidate.available_mib(r.run("cat /proc/meminfo")[1]), s.memory_mib,
+                st.memory_os_reserve_mib))
 
     def with_candidate(self, ref: str, new_id: str | None) -> None:
         r, s, res = self.r, self.service, self.result
