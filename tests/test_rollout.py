@@ -204,36 +204,55 @@ def test_good_v2_goes_live_with_zero_failed_probes(live, host, env):
 
 
 def test_no_room_for_a_second_copy_restarts_in_place(live, host, env):
-    rc, res = rollout(env, "--image", f"{ri.REGISTRY}/app:v1", *NO_ROOM)
+    with probing(host) as seen:
+        rc, res = rollout(env, "--image", f"{ri.REGISTRY}/app:v1", *NO_ROOM)
     assert (rc, res["status"], res["mode"]) == (0, "live", "in_place"), res
     assert "MemAvailable" in res["reason"] and "memory_os_reserve_mib" in res["reason"]
     assert "candidate" not in res and not exists(host, CANDIDATE)
+    print(f"in place: {len(failures(seen))} of {len(seen)} probes failed (the restart)")
     assert page(host) == "v1"
+
+
+def kill_after_switch(host, env, image: str) -> None:
+    """Start a rollout of image and SIGKILL it once Nginx routes to its candidate and the
+    image is pinned: the unit is restarting (the state that needs the most repair)."""
+    p = subprocess.Popen([WATCHME, "rollout", "app", "--json", "--image", image],
+                         cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 300
+    while not (DYNAMIC in host.check_output(f"cat {SITE}")
+               and image in host.check_output(f"cat {PINS}")):
+        assert p.poll() is None and time.monotonic() < end, "the rollout never switched Nginx"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert exists(host, CANDIDATE)
 
 
 def test_a_killed_rollout_is_repaired_by_the_next_deploy(live, host, env, deploy):
     site = host.check_output(f"cat {SITE}")
     with probing(host) as seen:
-        p = subprocess.Popen([WATCHME, "rollout", "app", "--json", "--image", f"{ri.REGISTRY}/app:v2"],
-                             cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        # Killed after the switch, once the new image is pinned: the unit is restarting while
-        # Nginx routes to the candidate (the state that needs the most repair).
-        end = time.monotonic() + 300
-        while not (DYNAMIC in host.check_output(f"cat {SITE}")
-                   and "app:v2" in host.check_output(f"cat {PINS}")):
-            assert p.poll() is None and time.monotonic() < end, "the rollout never switched Nginx"
-            time.sleep(0.2)
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        assert exists(host, CANDIDATE)
+        kill_after_switch(host, env, f"{ri.REGISTRY}/app:v2")
         repaired = deploy(env=env)
     assert repaired.rc == 0, repaired.stderr[-3000:]
-    print(f"killed rollout and repair: {len(seen)} probes, {len(failures(seen))} failed")
     assert failures(seen) == [], seen
     assert host.check_output(f"cat {SITE}") == site  # the registry's render again
     assert not exists(host, CANDIDATE)
     wait_answer(host, "v2", 60)  # the pin the killed rollout wrote, rendered back by the deploy
+
+
+def test_a_new_rollout_cleans_a_killed_ones_leftover_first(live, host, env):
+    site = host.check_output(f"cat {SITE}")
+    with probing(host) as seen:
+        kill_after_switch(host, env, f"{ri.REGISTRY}/app:v2")
+        # No --image: compose pull of the compose file's tag (app:live is v1), the pin cleared.
+        rc, res = rollout(env)
+    assert (rc, res["status"], res["mode"]) == (0, "live", "candidate"), res
+    assert res["cleaned"] == [CANDIDATE]
+    assert failures(seen) == [], seen
+    assert host.check_output(f"cat {SITE}") == site and not exists(host, CANDIDATE)
+    assert "app" not in json.loads(host.check_output(f"cat {PINS}"))
+    assert page(host) == "v1"
 
 
 def test_rollout_of_an_unknown_service_is_refused(env):

@@ -231,10 +231,16 @@ class Rollout:
             if self.site is not None:
                 text = r.run(f"cat {shlex.quote(self.site.paths['live'])}")[1]
                 if any(f"http://{a}:" in text for a in info["addresses"]):
-                    why = self.site.apply(self.site.render())
+                    # The killed rollout may have been restarting the unit: the fixed container
+                    # must answer before it gets the route back (the cycle would refuse).
+                    s = self.service
+                    why = wait_live(r, self.data, s, None, self.deadline(), (s.upstream_host, s.port)) \
+                        if info["service"] == s.name else ""
+                    why = why or self.site.apply(self.site.render())
                     if why:
-                        raise Failed(f"leftover candidate {cname} still has the route and the "
-                                     f"registry's site was refused ({why}); run the deploy")
+                        raise Failed(f"leftover candidate {cname} still has the route and it "
+                                     f"could not go back to the registry's site ({why}); run "
+                                     "the deploy")
             r.must(candidate.remove_command([cname]), f"remove leftover candidate {cname}")
         return sorted(found)
 
