@@ -121,7 +121,8 @@ def test_named_volumes_are_the_live_projects():
 
 
 def test_the_run_command_is_another_project_quoted():
-    cmd = candidate.run_command(APP, "app", "/home/u/my app/c.yml", "/var/lib/watchme/rollout/app.candidate.yml")
+    cmd = candidate.run_command(APP, "app", "/home/u/my app/c.yml",
+                                "/var/lib/watchme/rollout/app.candidate.yml")
     assert "-p watchme-candidate-app" in cmd
     assert shlex.quote("/home/u/my app/c.yml") in cmd
     assert cmd.endswith("run -d -T --no-deps --name watchme-app-candidate app")

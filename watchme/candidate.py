@@ -47,7 +47,8 @@ def override_path(state_dir: str, service) -> str:
 
 # --- pure parts ---------------------------------------------------------------------------------
 
-def choose_address(dynamic: ipaddress.IPv4Network, used, reserved=()) -> ipaddress.IPv4Address | None:
+def choose_address(dynamic: ipaddress.IPv4Network, used,
+                   reserved=()) -> ipaddress.IPv4Address | None:
     """A free address of the network's dynamic range, from its top (Docker's own allocator
     hands out the bottom of the subnet first); never one in use or reserved (the gateway,
     registry IPs). None when the range is full."""
@@ -177,7 +178,8 @@ def parse_list(lines) -> dict[str, dict]:
     for line in lines:
         parts = line.split()
         if len(parts) >= 2:
-            out[parts[0].lstrip("/")] = {"service": parts[1], "addresses": [a for a in parts[2:] if a]}
+            out[parts[0].lstrip("/")] = {"service": parts[1],
+                                         "addresses": [a for a in parts[2:] if a]}
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 
-from watchme import nginx, placement
+from watchme import nginx, placement, settings
 
 ACME_ROOT = "/var/www/letsencrypt"  # the same as tasks/tls.py ACME_ROOT (checked by a unit test)
 
@@ -40,9 +40,9 @@ class Site:
             self.services = placement.routed(d.registry, state.inventory, placement.private_address)
         ok, out = r.run("nginx -v 2>&1")
         version = nginx.NginxVersion().process(out.splitlines()) if ok else None
-        self.tls = None if d.get("http_only", False) else {
-            "certificate": d.get("tls_certificate", "/etc/letsencrypt/live/api.hey-watch.me/fullchain.pem"),
-            "key": d.get("tls_certificate_key", "/etc/letsencrypt/live/api.hey-watch.me/privkey.pem"),
+        st = settings.validate(d)  # the deploy's values (tasks/tls.py reads the same keys)
+        self.tls = None if st.http_only else {
+            "certificate": st.tls_certificate, "key": st.tls_certificate_key,
             "acme_root": ACME_ROOT, "http2": nginx.http2_style(version)}
         self.paths = paths(d)
 
