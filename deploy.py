@@ -6,8 +6,8 @@
 from pyinfra import host
 
 from watchme import settings
-from tasks import (bootstrap, connection, disk, firewall, guard, images, lock, memory, network,
-                   nginx, overrides, tls, units)
+from tasks import (bootstrap, candidates, connection, disk, firewall, guard, images, lock, memory,
+                   network, nginx, overrides, tls, units)
 
 settings.require(host)  # the effective settings and registry, before any command
 connection.tune()
@@ -22,6 +22,7 @@ overrides.prune()  # after the units stopped a removed service (its ExecStop nam
 firewall.apply()  # a service's published port on a non-front host answers only to the front
 tls.apply()  # the certificate (or a clear stop) before the site that uses it
 nginx.apply()
+candidates.clean()  # after the site: a killed rollout's candidate carries no route now
 guard.apply()
 disk.apply()
 guard.check_now()  # last: the network check with --fix, after every other change

@@ -62,7 +62,9 @@ cd / && rm -rf "$d"
 
 
 def compose(name: str, container: str, port: int, image: str) -> str:
-    """A compose file as a service repo ships it: no IP, no limit (the override adds them)."""
+    """A compose file as a service repo ships it: no IP, no limit (the override adds them); its
+    port comes from an env_file beside it (as the services' .env), so a container that answers
+    proves compose read that file (a rollout's candidate included)."""
     return (
         'version: "3.8"\n'
         "services:\n"
@@ -70,7 +72,7 @@ def compose(name: str, container: str, port: int, image: str) -> str:
         f"    image: {image}\n"
         f"    container_name: {container}\n"
         "    init: true\n"
-        f"    environment: [PORT={port}]\n"
+        f"    env_file: [{name}.env]\n"
         f"    ports: [\"127.0.0.1:{port}:{port}\"]\n"
         "    networks: [watchme-network]\n"
         "networks:\n"
@@ -79,7 +81,9 @@ def compose(name: str, container: str, port: int, image: str) -> str:
     )
 
 
-def install_compose(host, name: str, text: str) -> None:
-    path = f"/home/ubuntu/{name}/docker-compose.prod.yml"
-    _run(host, f"mkdir -p /home/ubuntu/{name} && cat > {path} <<'END'\n{text}END\n"
-               f"chown -R ubuntu:ubuntu /home/ubuntu/{name}")
+def install_compose(host, name: str, text: str, port: int) -> None:
+    """The compose file and its env file (0600, as the services' .env) in /home/ubuntu/NAME."""
+    d = f"/home/ubuntu/{name}"
+    _run(host, f"mkdir -p {d} && cat > {d}/docker-compose.prod.yml <<'END'\n{text}END\n"
+               f"printf 'PORT=%s\\n' {port} > {d}/{name}.env && chmod 600 {d}/{name}.env && "
+               f"chown -R ubuntu:ubuntu {d}")

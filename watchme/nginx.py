@@ -38,9 +38,15 @@ def http2_style(version: tuple[int, ...] | None) -> str | None:
 
 
 def render_site(server_name: str, services, backup_dir: str, tls: dict | None = None,
-                extra_locations=()) -> str:
+                extra_locations=(), upstreams: dict[str, tuple[str, int]] | None = None) -> str:
     """tls: None for HTTP only, else {certificate, key, http2, acme_root}; extra_locations:
-    the registry's ExtraLocation entries (the live site's non-service locations)."""
+    the registry's ExtraLocation entries (the live site's non-service locations); upstreams:
+    {service name: (address, port)} proxied to instead of the registry's upstream (a
+    rollout's candidate container, watchme/rollout_site.py); every other byte is the same."""
+    if upstreams:
+        services = [s.model_copy(update={"upstream_host": upstreams[s.name][0],
+                                         "port": upstreams[s.name][1]})
+                    if s.name in upstreams else s for s in services]
     return get_template(str(TEMPLATE)).render(
         server_name=server_name, services=services, backup_dir=backup_dir, tls=tls,
         acme_path=ACME_PATH, extra_locations=extra_locations)
