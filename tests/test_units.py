@@ -68,11 +68,16 @@ def test_loaded_units_fact_reads_need_daemon_reload_for_all_units_at_once():
     from watchme.units import LoadedUnits
     fact = LoadedUnits()
     assert fact.command(units=["watchme-a.service", "watchme-b.service"]).startswith(
-        "systemctl show -p Id -p NeedDaemonReload -p ActiveState -- watchme-a.service watchme-b.service")
-    assert fact.process(["Id=watchme-a.service", "NeedDaemonReload=yes", "ActiveState=active", "",
-                         "ActiveState=inactive", "NeedDaemonReload=no", "Id=watchme-b.service"]) == {
-        "watchme-a.service": {"need_reload": True, "active": "active"},
-        "watchme-b.service": {"need_reload": False, "active": "inactive"}}
+        "systemctl show -p Id -p NeedDaemonReload -p ActiveState -p SubState -p UnitFileState "
+        "-- watchme-a.service watchme-b.service")
+    assert fact.process(["Id=watchme-a.service", "NeedDaemonReload=yes", "ActiveState=active",
+                         "SubState=running", "UnitFileState=enabled", "",
+                         "ActiveState=inactive", "SubState=dead", "UnitFileState=disabled",
+                         "NeedDaemonReload=no", "Id=watchme-b.service"]) == {
+        "watchme-a.service": {"need_reload": True, "active": "active", "running": True,
+                              "enabled": True},
+        "watchme-b.service": {"need_reload": False, "active": "inactive", "running": False,
+                              "enabled": False}}
 
 
 def test_running_containers_fact_reads_memory_and_ips_of_running_ones():
@@ -208,7 +213,7 @@ def test_systemd_analyze_verify_is_clean(new_server, host):
 
 @pytest.mark.e2e
 def test_units_start_services_on_their_fixed_ips(running, host):
-    assert "Enable watchme-alpha.service and start it" in running.changed()
+    assert "Enable and start watchme-infrastructure.service and the services" in running.changed()
     for s in (ALPHA, BETA):
         assert host.service(f"watchme-{s['name']}.service").is_running
         wait(host, f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
