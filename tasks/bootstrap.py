@@ -61,16 +61,13 @@ def software(profile: dict) -> None:
         # The lists are refreshed only when something is installed: a no-op deploy stays no-op.
         apt.packages(name=f"Install {', '.join(plan.install)}", packages=plan.install,
                      no_recommends=True, update=not apt_state["refreshed"])
-    managed = []
     for unit, what in ((sw.docker_unit, "the Docker engine"), (sw.nginx_unit, "nginx")):
         if unit:
-            managed.append(unit)
+            # One operation each: a failure names the engine or nginx (the deploy's record).
+            units_enabled(name=f"Enable and start {unit.removesuffix('.service')}",
+                          enable=[unit], start=[unit])
         else:
             logger.warning(f"{host.print_prefix}no systemd unit runs {what}: not managed")
-    if managed:
-        units_enabled(name="Enable and start " + " and ".join(u.removesuffix(".service")
-                                                              for u in managed),
-                      enable=managed, start=managed)
     # The profile already lists the login user's groups; pyinfra's Users fact would cost a
     # ~200 ms scan of every account on each no-op deploy.
     if "docker" not in profile["groups"]:
