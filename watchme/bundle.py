@@ -136,7 +136,7 @@ def install_script(dirs: list[Directory], files: list[File]) -> str:
 
 
 class Bundle:
-    """What one host's deploy renders; `seal()` closes it when the install operation is called."""
+    """What one host's deploy renders; sealed when `install()` calls the operation."""
 
     def __init__(self):
         self.files: dict[str, File] = {}
