@@ -2,8 +2,9 @@
 
 Each unit is rendered into {config_root}/systemd (`render()`: written by the one bundle,
 watchme/bundle.py) and linked into /etc/systemd/system, the seed's layout; all links in one
-command, all units enabled, started and restarted in one (issue 13). Every service unit requires watchme-infrastructure.service, which owns the
-network, so a restart of it brings its dependants back in order. A service that leaves the
+command, all units enabled, started and restarted in one (issue 13). Every service unit
+requires watchme-infrastructure.service, which owns the network, so a restart of it brings
+its dependants back in order. A service that leaves the
 registry (or is disabled there) is stopped, disabled and unlinked: only links into our own
 unit directory, never a unit linked into the operator's git clone.
 

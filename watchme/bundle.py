@@ -124,7 +124,8 @@ def install_script(dirs: list[Directory], files: list[File]) -> str:
         if d.mode is not None:
             lines.append(f"chmod {d.mode:o} -- {q(d.path)}")
         if d.user or d.group:
-            lines.append(f"chown {q((d.user or '') + (':' + d.group if d.group else ''))} -- {q(d.path)}")
+            owner = (d.user or "") + (f":{d.group}" if d.group else "")
+            lines.append(f"chown {q(owner)} -- {q(d.path)}")
     if files:
         lines.append('base64 -d | tar -xzf - -C "$t"')
     for i, f in enumerate(files):
