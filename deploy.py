@@ -6,8 +6,8 @@
 from pyinfra import host
 
 from watchme import settings
-from tasks import (bootstrap, candidates, connection, disk, firewall, guard, images, lock, memory,
-                   network, nginx, overrides, tls, units)
+from tasks import (bootstrap, bundle, candidates, connection, disk, firewall, guard, images, lock,
+                   memory, network, nginx, overrides, tls, units)
 
 settings.require(host)  # the effective settings and registry, before any command
 connection.tune()
@@ -17,6 +17,11 @@ memory.check()  # before any change: refuse a registry the host cannot hold
 bootstrap.apply(profile)  # installs only what is missing in every form
 images.apply()  # root's Docker client pulls from ECR through the credential helper
 overridden = overrides.apply()  # per-service compose overrides: memory limit, fixed IP, pins
+guard.render()  # the host scripts, the guard's settings and units
+units.render()
+tls.render()
+nginx.render()  # the safe-apply script (the site itself goes through its own cycle)
+bundle.apply()  # every file rendered above: one fact, one upload (issue 13)
 units.apply(network.apply(), overridden)  # the network (and compose audit) before the units
 overrides.prune()  # after the units stopped a removed service (its ExecStop names the file)
 firewall.apply()  # a service's published port on a non-front host answers only to the front

@@ -7,11 +7,13 @@ missing is installed in one apt run.
 """
 
 from pyinfra import host, logger
+from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, server
 
-from watchme import host_profile, packages
+from watchme import bundle, host_profile, packages
 from watchme.swap import swapfile
+from watchme.units import units_enabled
 
 
 def preflight() -> dict:
@@ -61,8 +63,9 @@ def software(profile: dict) -> None:
                      no_recommends=True, update=not apt_state["refreshed"])
     for unit, what in ((sw.docker_unit, "the Docker engine"), (sw.nginx_unit, "nginx")):
         if unit:
-            systemd.service(name=f"Enable and start {unit.removesuffix('.service')}",
-                            service=unit, running=True, enabled=True)
+            # One operation each: a failure names the engine or nginx (the deploy's record).
+            units_enabled(name=f"Enable and start {unit.removesuffix('.service')}",
+                          enable=[unit], start=[unit])
         else:
             logger.warning(f"{host.print_prefix}no systemd unit runs {what}: not managed")
     # The profile already lists the login user's groups; pyinfra's Users fact would cost a
@@ -71,14 +74,28 @@ def software(profile: dict) -> None:
         if not profile["docker_group"] and sw.engine:
             # An engine installed without the group (a snap): the docker.io package makes it.
             server.group(name="The docker group", group="docker", system=True)
-        server.user(name=f"Add {profile['user']} to the docker group", user=profile["user"],
-                    groups=["docker"], append=True, ensure_home=False)
+        join_group(name=f"Add {profile['user']} to the docker group", user=profile["user"],
+                   group="docker", groups=profile["groups"])
+
+
+@operation()
+def join_group(user: str, group: str, groups: list[str]):
+    """`user` in `group` (supplementary, the others kept).
+
+    Own operation, not server.user: that reads the Users, Groups, Os and Which facts (four
+    sessions, one a scan of every account) to add one group; the host profile, read in the
+    lock's round trip, already lists the user's groups (`groups`).
+    """
+    if group in groups:
+        host.noop(f"{user} is in {group}")
+        return
+    yield StringCommand("usermod", "-aG", QuoteString(group), QuoteString(user))
 
 
 def apply(profile: dict) -> None:
     software(profile)
     swapfile(name=f"Swap file {host.data.swap_file} ({host.data.swap_size_mib} MiB)",
              path=host.data.swap_file, size_mib=host.data.swap_size_mib)
-    files.directory(name=f"Config root {host.data.config_root}", path=host.data.config_root,
-                    user=host.data.config_root_owner, group=host.data.config_root_group,
-                    mode=host.data.config_root_mode)
+    # Created by the one bundle upload (watchme/bundle.py), before any file under it.
+    bundle.directory(host.data.config_root, user=host.data.config_root_owner,
+                     group=host.data.config_root_group, mode=host.data.config_root_mode)

@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import json
 import re
-from io import StringIO
+from pathlib import Path
 
 from pyinfra import host, inventory, logger
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import files, systemd
-from pyinfra.operations.util import any_changed
+from pyinfra.operations import systemd
 
+from watchme import bundle
+from watchme.adopt import adopt_links
 from watchme.cron import remove_guard_cron_lines
 from watchme.network_check import network_check
 from watchme.placement import services_here
-from watchme.units import LoadedUnits
+from watchme.units import LoadedUnits, units_enabled
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SYSTEM_DIR = "/etc/systemd/system"
 UNITS = ("watchme-guard.service", "watchme-guard.timer")
@@ -77,38 +80,39 @@ def members() -> dict:
 
 
 def install_scripts() -> None:
-    """The host scripts, before anything runs them (the network task calls this first)."""
+    """The host scripts, before anything runs them (the network task calls this first): they
+    are in the bundle (watchme/bundle.py), installed before the network operation runs."""
     scripts, _ = paths()
-    files.directory(name=f"Directory {scripts}", path=scripts, user="root", group="root",
-                    mode="755")
+    bundle.directory(scripts, mode="755", user="root", group="root")
     for script in SCRIPTS:
-        files.put(name=f"Install {scripts}/{script}", src=f"files/{script}",
-                  dest=f"{scripts}/{script}", user="root", group="root", mode="755")
+        bundle.add(f"{scripts}/{script}", (ROOT / "files" / script).read_bytes(), mode="755")
 
 
-def apply() -> None:
+def render() -> None:
+    """Register the scripts, members, settings and guard units in the bundle."""
     check_data()
     d = host.data
     scripts, conf = paths()
-    files.directory(name=f"Directory {conf}", path=conf, user="root", group="root", mode="755")
-    files.put(name=f"Guard members {conf}/members.json",
-              src=StringIO(json.dumps(members(), indent=2) + "\n"),
-              dest=f"{conf}/members.json", user="root", group="root", mode="644")
-    files.template(name=f"Guard settings {conf}/guard.env", src="templates/guard.env.j2",
-                   dest=f"{conf}/guard.env", user="root", group="root", mode="644",
-                   monitor_fix=d.monitor_fix, disk_prune_threshold=d.disk_prune_threshold,
-                   prune_all_images=d.prune_all_images, prune_volumes=d.prune_volumes,
-                   flap_window=FLAP_WINDOW)
-
-    units = {}
+    install_scripts()
+    bundle.directory(conf, mode="755", user="root", group="root")
+    bundle.add(f"{conf}/members.json", json.dumps(members(), indent=2) + "\n")
+    bundle.add(f"{conf}/guard.env", bundle.render(
+        "templates/guard.env.j2", monitor_fix=d.monitor_fix,
+        disk_prune_threshold=d.disk_prune_threshold, prune_all_images=d.prune_all_images,
+        prune_volumes=d.prune_volumes, flap_window=FLAP_WINDOW))
     for unit in UNITS:
-        units[unit] = files.template(
-            name=f"Unit {conf}/{unit}", src=f"templates/{unit}.j2", dest=f"{conf}/{unit}",
-            user="root", group="root", mode="644", scripts_dir=scripts,
-            monitor_fix=d.monitor_fix, guard_interval=d.guard_interval.strip())
+        bundle.add(f"{conf}/{unit}", bundle.render(
+            f"templates/{unit}.j2", scripts_dir=scripts, monitor_fix=d.monitor_fix,
+            guard_interval=d.guard_interval.strip()))
+
+
+def apply() -> None:
+    d = host.data
+    _, conf = paths()
+    rewritten = [u for u in UNITS if bundle.changed(f"{conf}/{u}")]
     # The seed's layout: the unit lives in the config root, /etc/systemd/system links it.
-    links = [files.link(name=f"Link unit {SYSTEM_DIR}/{unit}", path=f"{SYSTEM_DIR}/{unit}",
-                        target=f"{conf}/{unit}") for unit in UNITS]
+    links = adopt_links(name=f"Link the guard units into {SYSTEM_DIR}",
+                        links={f"{SYSTEM_DIR}/{u}": f"{conf}/{u}" for u in UNITS})
     # A run killed between writing a guard unit and daemon-reload leaves the file up to date
     # and systemd running the old one (NeedDaemonReload): this run finishes the job.
     loaded = host.get_fact(LoadedUnits, units=list(UNITS))
@@ -119,14 +123,13 @@ def apply() -> None:
         systemd.daemon_reload(name="Reload systemd (a guard unit file was never loaded)")
     else:
         systemd.daemon_reload(name="Reload systemd (a guard unit changed)",
-                              _if=any_changed(*units.values(), *links))
+                              _if=lambda: bool(rewritten) or links.did_change())
     # The seed's */5 crontab line goes before the timer starts: never both guards at once.
     remove_guard_cron_lines(name="Remove the seed's guard crontab lines (backup first)",
                             backup_dir=f"{d.config_root}/backups")
-    systemd.service(name="Enable and start watchme-guard.timer", service="watchme-guard.timer",
-                    running=True, enabled=True,
-                    restarted=units["watchme-guard.timer"].will_change
-                    or "watchme-guard.timer" in never_loaded)
+    timer = "watchme-guard.timer"
+    units_enabled(name=f"Enable and start {timer}", enable=[timer], start=[timer],
+                  restart=[timer] if timer in rewritten or timer in never_loaded else [])
 
 
 def check_now() -> None:

@@ -6,13 +6,28 @@ the last known-good site restored when anything fails. A live location the regis
 not have stops the deploy before any change unless allow_route_removal is set.
 """
 
+from pathlib import Path
+
 from pyinfra import host, inventory, logger, state
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import files
 
 from tasks import tls as tls_task
-from watchme import live_routes, nginx, placement
-from watchme.adopt import adopt
+from watchme import bundle, live_routes, nginx, placement
+from watchme.adopt import adopt_links
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def render() -> None:
+    """Register the site directory and the safe-apply script in the bundle (watchme/bundle.py);
+    the site itself goes through the safe cycle, never the bundle."""
+    if not placement.is_front(host):
+        return
+    root = host.data.config_root
+    bundle.directory(f"{root}/nginx")
+    bundle.directory(f"{root}/scripts", mode="755", user="root", group="root")
+    bundle.add(f"{root}/scripts/nginx-safe-apply", (ROOT / "files" / "nginx-safe-apply.sh").read_bytes(),
+               mode="755")
 
 
 def apply() -> None:
@@ -54,18 +69,10 @@ def apply() -> None:
             f"{', '.join(gone)}. Nothing was changed. Add them to group_data/services.yaml "
             "(watchme import writes extra_locations for the ones that are no service), or deploy with --data allow_route_removal=true to drop them")
 
-    files.directory(name=f"Nginx site directory {site_dir}", path=site_dir)
-    files.directory(name=f"Scripts directory {d.config_root}/scripts", path=f"{d.config_root}/scripts")
-    files.put(name="Install nginx-safe-apply", src="files/nginx-safe-apply.sh", dest=script,
-              mode="755")
-    # An empty site is valid Nginx: the links never dangle, even on a brand-new server.
-    files.file(name=f"Site file {live}", path=live)
-    for path in links:
-        # The operator's file (or link into their clone) is kept resolved, then replaced.
-        adopt(name=f"Keep what is at {path}", path=path, target=live, backup_dir=backups,
-              seed=live)
-        files.link(name=f"Link nginx site {path}", path=path, target=live, force=True,
-                   force_backup=False)
+    # The operator's file (or link into their clone) is kept resolved, then replaced; an
+    # empty site is valid Nginx, so the links never dangle, even on a brand-new server.
+    adopt_links(name=f"Link nginx site {', '.join(links)}", links={p: live for p in links},
+                backup_dir=backups, seed=live)
     nginx.site(
         name=f"Apply nginx site {d.server_name} (staged nginx -t, reload, probe)",
         live=live, content=content, script=script, backup_dir=backups,

@@ -12,16 +12,13 @@ in /var/lib/watchme/image-pins.json, so a deploy renders the pin back instead of
 
 from __future__ import annotations
 
-from io import StringIO
-
 from pyinfra import host, inventory, logger
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import DeployError
-from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FindFiles
 from pyinfra.operations import files
 
-from watchme import images
+from watchme import bundle, images
 from watchme.network import ComposeFiles
 from watchme.placement import services_here
 
@@ -36,16 +33,16 @@ class ImagePins(FactBase):
         return images.parse_pins("\n".join(output))
 
 
-def apply() -> dict[str, OperationMeta]:
-    """Render every enabled service's override; returns {service: operation} so the units
-    restart a running service whose override changed."""
+def apply() -> dict[str, bool]:
+    """Render every enabled service's override into the bundle (watchme/bundle.py); returns
+    {service: its override is rewritten} so the units restart a running service whose
+    override changed. Call bundle.changed() only after the bundle is installed: see units."""
     d = host.data
     services = services_here(host, inventory)
     directory = f"{d.config_root}/compose"
     compose = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
     pins = host.get_fact(ImagePins)
-    files.directory(name=f"Compose override directory {directory}", path=directory,
-                    user="root", group="root", mode="755")
+    bundle.directory(directory, mode="755", user="root", group="root")
     problems, out = [], {}
     for s in services:
         found = compose.get(s.compose_file)
@@ -59,11 +56,9 @@ def apply() -> dict[str, OperationMeta]:
         except images.ComposeError as e:
             problems.append(f"services[{s.name}].compose_file: {s.compose_file} {e}")
             continue
-        text = images.render_override(s, target, s.compose_file, pins.get(s.name))
-        out[s.name] = files.put(
-            name=f"Compose override {s.name} (mem_limit {s.memory_limit}, ip {s.ip or 'dynamic'})",
-            src=StringIO(text), dest=images.override_path(d.config_root, s.name),
-            user="root", group="root", mode="644")
+        path = images.override_path(d.config_root, s.name)
+        bundle.add(path, images.render_override(s, target, s.compose_file, pins.get(s.name)))
+        out[s.name] = path
     if problems:
         raise DeployError(f"{host.name}: " + "; ".join(problems))
     return out

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import re
 import shlex
-from io import StringIO
 
 from pyinfra import host, logger
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import server
 
-from watchme import placement
+from watchme import bundle, placement
 from watchme.certificate import MissingFiles
+from watchme.units import units_enabled
 
 ACME_ROOT = "/var/www/letsencrypt"
 HOOK = "/etc/letsencrypt/renewal-hooks/deploy/watchme-nginx-reload"
@@ -40,6 +40,18 @@ def settings() -> dict | None:
     return out
 
 
+def render() -> None:
+    """Register the ACME webroot and certbot's deploy hook (a safe reload) in the bundle."""
+    if not placement.is_front(host) or settings() is None:
+        return
+    script = f"{host.data.config_root}/scripts/nginx-safe-apply"
+    hook = ("#!/bin/sh\n# Installed by watchme-server-configs (tasks/tls.py): after a renewal,\n"
+            "# nginx -t then a checked reload, never a raw reload.\n"
+            f"exec sh {shlex.quote(script)} reload\n")
+    bundle.directory(ACME_ROOT, mode="755")
+    bundle.add(HOOK, hook, mode="755")
+
+
 def apply() -> None:
     if not placement.is_front(host):
         return  # the certificate is the front's: only it serves the public site (issue 14)
@@ -57,31 +69,23 @@ def apply() -> None:
     # certbot itself is the bootstrap's (watchme/packages.py): it keeps a snap or another form
     # it finds, so installing the package here would put a second certbot over it.
     if missing:
-        apt.packages(name="Install openssl (the self-signed certificate)", packages=["openssl"])
-    files.directory(name=f"ACME webroot {ACME_ROOT}", path=ACME_ROOT, mode="755")
-    if missing:
         cert, key = tls["certificate"], tls["key"]
         name = host.data.get("server_name", "api.hey-watch.me")
         server.shell(
             name=f"Self-signed certificate for {name} (tls_self_signed: test hosts only)",
-            commands=[
+            commands=[" && ".join([  # one session (issue 13), openssl installed if missing
+                "{ command -v openssl >/dev/null || DEBIAN_FRONTEND=noninteractive "
+                "apt-get install -y --no-install-recommends openssl; }",
                 shlex.join(["mkdir", "-p", cert.rsplit("/", 1)[0], key.rsplit("/", 1)[0]]),
                 shlex.join(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
                             "-days", "825", "-subj", f"/CN={name}",
                             "-addext", f"subjectAltName=DNS:{name}",
                             "-keyout", key, "-out", cert]),
                 shlex.join(["chmod", "600", key]),
-            ])
+            ])])
     timer = host.data.get("certbot_timer", "certbot.timer")
     if timer:
-        systemd.service(name=f"Enable {timer} (renewal)", service=timer, running=True,
-                        enabled=True)
+        units_enabled(name=f"Enable {timer} (renewal)", enable=[timer], start=[timer])
     else:
         logger.info(f"{host.print_prefix}tls: certbot {host.data.get('certbot_command', '')} "
                     "renews with its own timer (a snap: snapd's), kept as found")
-    script = f"{host.data.config_root}/scripts/nginx-safe-apply"
-    hook = ("#!/bin/sh\n# Installed by watchme-server-configs (tasks/tls.py): after a renewal,\n"
-            "# nginx -t then a checked reload, never a raw reload.\n"
-            f"exec sh {shlex.quote(script)} reload\n")
-    files.put(name=f"certbot deploy hook {HOOK} (safe reload)", src=StringIO(hook), dest=HOOK,
-              mode="755")

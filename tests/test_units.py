@@ -68,11 +68,16 @@ def test_loaded_units_fact_reads_need_daemon_reload_for_all_units_at_once():
     from watchme.units import LoadedUnits
     fact = LoadedUnits()
     assert fact.command(units=["watchme-a.service", "watchme-b.service"]).startswith(
-        "systemctl show -p Id -p NeedDaemonReload -p ActiveState -- watchme-a.service watchme-b.service")
-    assert fact.process(["Id=watchme-a.service", "NeedDaemonReload=yes", "ActiveState=active", "",
-                         "ActiveState=inactive", "NeedDaemonReload=no", "Id=watchme-b.service"]) == {
-        "watchme-a.service": {"need_reload": True, "active": "active"},
-        "watchme-b.service": {"need_reload": False, "active": "inactive"}}
+        "systemctl show -p Id -p NeedDaemonReload -p ActiveState -p SubState -p UnitFileState "
+        "-- watchme-a.service watchme-b.service")
+    assert fact.process(["Id=watchme-a.service", "NeedDaemonReload=yes", "ActiveState=active",
+                         "SubState=running", "UnitFileState=enabled", "",
+                         "ActiveState=inactive", "SubState=dead", "UnitFileState=disabled",
+                         "NeedDaemonReload=no", "Id=watchme-b.service"]) == {
+        "watchme-a.service": {"need_reload": True, "active": "active", "running": True,
+                              "enabled": True},
+        "watchme-b.service": {"need_reload": False, "active": "inactive", "running": False,
+                              "enabled": False}}
 
 
 def test_running_containers_fact_reads_memory_and_ips_of_running_ones():
@@ -213,7 +218,7 @@ def test_systemd_analyze_verify_is_clean(new_server, host):
 
 @pytest.mark.e2e
 def test_units_start_services_on_their_fixed_ips(running, host):
-    assert "Enable watchme-alpha.service and start it" in running.changed()
+    assert "Enable and start watchme-infrastructure.service and the services" in running.changed()
     for s in (ALPHA, BETA):
         assert host.service(f"watchme-{s['name']}.service").is_running
         wait(host, f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
@@ -289,11 +294,13 @@ def test_unit_written_but_never_loaded_is_reloaded_and_restarted(running, deploy
     host.check_output(f"sed -i 's/^Description=.*/Description=Alpha v2/' {UNITS}/{unit}")
     assert host.check_output(f"systemctl show -p NeedDaemonReload {unit}") == "NeedDaemonReload=yes"
     started = host.check_output("docker inspect -f '{{.State.StartedAt}}' watchme-alpha")
+    inode = host.check_output(f"stat -c %i {UNITS}/{unit}")
     env = {"WATCHME_REGISTRY": fake_services.registry(
         tmp_path / "v2.yaml", [{**ALPHA, "description": "Alpha v2"}, BETA])}
     run = deploy(env=env)
     assert run.rc == 0, run.stderr[-3000:]
-    assert f"Unit {unit}" not in run.changed()  # the file was already right
+    # The file was already right: not rewritten (the bundle renames a new file over it).
+    assert host.check_output(f"stat -c %i {UNITS}/{unit}") == inode
     assert host.check_output(f"systemctl show -p Description {unit}") == "Description=Alpha v2"
     assert host.check_output(f"systemctl show -p NeedDaemonReload {unit}") == "NeedDaemonReload=no"
     wait(host, "curl -sf http://127.0.0.1:8000/ | grep -qx alpha")

@@ -1,45 +1,97 @@
-"""Adopting what the operator left where our links go, before stock `files.link` replaces it.
+"""Adopting what the operator left where our links go, then linking (one command for all the links of a concern).
 
 `files.link(force=True)` moves a regular file aside under its own name (`<file>.<stamp>`) and
 replaces a link to elsewhere without any copy; on the seed's server that link may point into
 the operator's git clone, so a backup of the *link* could later restore a link into a
-changed (or deleted) directory. This step runs first and copies the RESOLVED file with the
-project's one backup naming (watchme/backup.py); `files.link(force=True, force_backup=False)`
-then only has to replace what is already kept.
+changed (or deleted) directory. Adopting copies the RESOLVED file first, with the project's
+one backup naming (watchme/backup.py), then replaces it with our link.
+
+`adopt_links` does that for all the links of a concern (the units, the guard's units, the
+site) after one fact and in one command: with a per-path adopt step and stock `files.link`
+the deploy's links cost ~4 SSH sessions each (issue 13).
 """
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 
 from pyinfra import host, logger
-from pyinfra.api import operation
-from pyinfra.facts.files import Link
+from pyinfra.api import FactBase, QuoteString, StringCommand, operation
 
 from watchme import backup
 
 
-@operation()
-def adopt(path: str, target: str, backup_dir: str | None = None, seed: str | None = None):
-    """Keep a copy of whatever is at `path` (resolved) unless it already links to `target`.
+class LinkStates(FactBase):
+    """{path: link target, "" for something that is not a link, None when missing} for many
+    paths in one command (stock files.Link costs a session per path)."""
 
-    backup_dir: None keeps the copy beside the file (the seed's `<file>.backup.<stamp>`).
-    seed: a file of ours that starts empty (the site); it is filled with the operator's
-    resolved file, so the safe cycle's first "previous" version is what was serving.
-    A missing path or a dangling link has nothing to keep; a directory fails (cp without -r).
+    def command(self, paths: list[str]) -> str:
+        return (f"for p in {' '.join(shlex.quote(p) for p in paths)}; do "
+                'if [ -L "$p" ]; then printf \'link\\t%s\\t%s\\n\' "$p" "$(readlink "$p")"; '
+                'elif [ -e "$p" ]; then printf \'other\\t%s\\n\' "$p"; '
+                'else printf \'missing\\t%s\\n\' "$p"; fi; done')
+
+    def process(self, output):
+        out: dict[str, str | None] = {}
+        for line in output:
+            kind, _, rest = line.partition("\t")
+            if kind == "link":
+                path, _, target = rest.partition("\t")
+                out[path] = target
+            elif kind in ("other", "missing"):
+                out[rest] = "" if kind == "other" else None
+        return out
+
+
+def adopting(found: dict[str, str | None], links: dict[str, str]) -> set[str]:
+    """The paths whose present file or foreign link is kept (backed up) and replaced now."""
+    return {p for p, t in links.items() if found.get(p) is not None and found.get(p) != t}
+
+
+def link_commands(path: str, target: str, found: str | None, backup_dir: str | None = None,
+                  seed: str | None = None) -> list[str]:
+    """When something else is at path (found is not None): a copy of the resolved file (a
+    dangling link has nothing to keep) and, with a seed (a file of ours that starts empty:
+    the site), the operator's content put into it, so the safe cycle's first "previous"
+    version is what was serving. Then the link, replaced atomically (a link beside it
+    renamed over it: never a moment without one)."""
+    p, t = shlex.quote(path), shlex.quote(target)
+    out = []
+    if found is not None:
+        out.append(f"if [ -e {p} ]; then {backup.copy_command(path, backup_dir)}; fi")
+        if seed:
+            s = shlex.quote(seed)
+            out.append(f"if [ -s {p} ] && [ ! -s {s} ]; then cp -L -- {p} {s}; fi")
+    tmp = shlex.quote(path + ".watchme-new")
+    out.append(f"if [ -d {p} ] && [ ! -L {p} ]; then echo {p} is a directory >&2; exit 1; fi")
+    out.append(f"mkdir -p -- {shlex.quote(posixpath.dirname(path))}")
+    out.append(f"ln -sfn -- {t} {tmp}")
+    out.append(f"mv -fT -- {tmp} {p}")
+    return out
+
+
+@operation()
+def adopt_links(links: dict[str, str], backup_dir: str | None = None, seed: str | None = None):
+    """Each path a symlink to its target, keeping what was there first (link_commands).
+
+    Own operation, not adopt + files.link per path: one fact (LinkStates) and one command
+    for all the links of a concern, instead of ~4 SSH sessions per link. A path that already
+    links to its target is left alone; a directory in the way fails the operation.
     """
-    info = host.get_fact(Link, path=path)
-    if info is None:
-        host.noop(f"{path} does not exist yet")
+    found = host.get_fact(LinkStates, paths=sorted(links))
+    todo = [p for p in sorted(links) if found.get(p) != links[p]]
+    if not todo:
+        host.noop(f"{len(links)} link(s) already point at their targets")
         return
-    if info and info["link_target"] == target:
-        host.noop(f"{path} already links to {target}")
-        return
-    what = f"a link to {info['link_target']}" if info else "a hand-managed file"
-    logger.warning(f"{host.print_prefix}{path} is {what}; keeping a copy of the resolved file "
-                   f"as {backup.name(path, backup_dir)}<stamp>")
-    p = shlex.quote(path)
-    yield f"if [ -e {p} ]; then {backup.copy_command(path, backup_dir)}; fi"
-    if seed:
-        s = shlex.quote(seed)
-        yield f"if [ -s {p} ] && [ ! -s {s} ]; then cp -L -- {p} {s}; fi"
+    for path in todo:
+        if found.get(path) is not None:
+            what = f"a link to {found[path]}" if found[path] else "a hand-managed file"
+            logger.warning(f"{host.print_prefix}{path} is {what}; keeping a copy of the resolved "
+                           f"file as {backup.name(path, backup_dir)}<stamp>")
+    # The seed (the site) starts empty, so a link to it never dangles on a brand-new server.
+    first = [f"umask 022; [ -e {shlex.quote(seed)} ] || : > {shlex.quote(seed)}"] if seed else []
+    script = "\n".join(["set -e", *first,
+        *(c for path in todo for c in link_commands(path, links[path], found.get(path),
+                                                    backup_dir, seed))])
+    yield StringCommand("sh", "-c", QuoteString(script))

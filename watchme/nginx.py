@@ -9,16 +9,15 @@ script records on the host after a successful reload and probes, not the file on
 
 from __future__ import annotations
 
+import base64
 import difflib
 import hashlib
 import re
 import shlex
-from io import StringIO
 from pathlib import Path
 
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FunctionCommand, operation
-from pyinfra.api.command import FileUploadCommand
 from pyinfra.api.util import get_template
 from pyinfra.facts.files import FileContents
 
@@ -87,8 +86,8 @@ class SiteState(FactBase):
         return kv.parse(output)
 
 
-def _apply(state, host, command):
-    ok, stdout, stderr = remote.run(state, host, command)
+def _apply(state, host, command, stdin=None):
+    ok, stdout, stderr = remote.run(state, host, command, **({"_stdin": stdin} if stdin else {}))
     for line in stdout:
         if line.startswith("probe ok"):
             logger.info(f"{host.print_prefix}{line}")
@@ -122,8 +121,11 @@ def site(live: str, content: str, script: str, backup_dir: str, keep: int, state
                                          live, f"{live} (new)"):
             logger.info(f"    {line.rstrip()}")
     candidate = f"{state_dir}/nginx-candidate.conf"
-    yield f"mkdir -p {shlex.quote(state_dir)}"
-    yield FileUploadCommand(StringIO(content), candidate)
+    # The candidate comes in on the cycle's own stdin (base64: byte for byte), one session
+    # instead of a temp directory, an upload and a move (issue 13).
+    write = (f"mkdir -p {shlex.quote(state_dir)} && "
+             f"base64 -d > {shlex.quote(candidate)}")
     command = shlex.join(["sh", script, "apply", candidate, live, backup_dir, str(keep),
                           state_dir, *probes])
-    yield FunctionCommand(_apply, (command,), {})
+    yield FunctionCommand(_apply, (f"{write} && {command}",),
+                          {"stdin": base64.encodebytes(content.encode()).decode()})

@@ -10,7 +10,7 @@ import json
 import shlex
 
 from pyinfra import host
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, StringCommand, operation
 
 
 def unit_name(service) -> str:
@@ -75,8 +75,14 @@ class VendorUnits(FactBase):
         return set(output)
 
 
+# What stock pyinfra counts as running / enabled (facts.systemd SystemdStatus, SystemdEnabled).
+RUNNING = ("running", "waiting", "exited", "listening", "mounted")
+ENABLED = ("enabled", "static")
+
+
 class LoadedUnits(FactBase):
-    """What systemd runs, for all units in one call: {unit: {"need_reload": bool, "active": str}}.
+    """What systemd runs, for all units in one call: {unit: {"need_reload": bool, "active": str,
+    "running": bool, "enabled": bool}} (running/enabled as stock systemd.service reads them).
 
     NeedDaemonReload=yes means the file on disk changed since systemd loaded it: a run killed
     between writing a unit and `daemon-reload` leaves exactly that, and the file alone looks
@@ -85,7 +91,8 @@ class LoadedUnits(FactBase):
 
     def command(self, units: list[str]) -> str:
         return shlex.join(["systemctl", "show", "-p", "Id", "-p", "NeedDaemonReload",
-                           "-p", "ActiveState", "--", *units]) + " 2>/dev/null || true"
+                           "-p", "ActiveState", "-p", "SubState", "-p", "UnitFileState",
+                           "--", *units]) + " 2>/dev/null || true"
 
     def process(self, output):
         out: dict[str, dict] = {}
@@ -94,7 +101,9 @@ class LoadedUnits(FactBase):
             if not line.strip():
                 if current.get("Id"):
                     out[current["Id"]] = {"need_reload": current.get("NeedDaemonReload") == "yes",
-                                          "active": current.get("ActiveState", "")}
+                                          "active": current.get("ActiveState", ""),
+                                          "running": current.get("SubState") in RUNNING,
+                                          "enabled": current.get("UnitFileState") in ENABLED}
                 current = {}
                 continue
             key, _, value = line.partition("=")
@@ -167,3 +176,30 @@ def ours(units: dict[str, str | None], target_dir: str) -> list[str]:
     anywhere else (the operator's git clone) are never ours to stop or delete."""
     prefix = target_dir.rstrip("/") + "/"
     return sorted(n for n, t in units.items() if t and t.startswith(prefix))
+
+
+@operation()
+def units_enabled(enable: list[str], start: list[str] | None = None,
+                  restart: list[str] | None = None):
+    """Enable `enable`, start `start`, restart the running ones of `restart`, in one command.
+
+    Own operation, not systemd.service per unit: stock reads two facts and runs one command
+    per unit (~3 SSH sessions each, 15 units); this reads LoadedUnits once for all and joins
+    what is needed into one command of systemctl calls. A unit in `restart` that is not running is
+    only started if it is in `start` (stock `restarted=True` restarts running units only).
+    """
+    start, restart = list(start or []), set(restart or [])
+    units = sorted({*enable, *start, *restart})
+    found = host.get_fact(LoadedUnits, units=units)
+    steps = []
+    disabled = [u for u in enable if not found.get(u, {}).get("enabled")]
+    if disabled:
+        steps.append(["enable", "--", *disabled])
+    # One unit at a time, in the caller's order, as stock ops did: the infrastructure unit
+    # (the network) is up before the services that require it.
+    steps += [["start", "--", u] for u in start if not found.get(u, {}).get("running")]
+    steps += [["restart", "--", u] for u in sorted(restart) if found.get(u, {}).get("running")]
+    if not steps:
+        host.noop(f"{len(units)} unit(s) enabled and running as wanted")
+        return
+    yield StringCommand(" && ".join(shlex.join(["systemctl", *s]) for s in steps))
