@@ -230,13 +230,13 @@ def _step_runs(step: dict, inputs: dict[str, str]) -> bool:
 
 
 def run_job(workflow: str, job: str, secrets: dict[str, str], tmp: Path, *,
-            github: dict | None = None, env: dict | None = None, replace: dict | None = None,
+            github: dict | None = None, env: dict | None = None,
             inputs: dict[str, str] | None = None):
     """Run a job's `run:` steps as GitHub would; returns (returncode, output, step summary).
 
-    `uses:` steps are not run (the test emulates checkout, install, artifacts); `replace`
-    substitutes text in the scripts; `env` seeds GITHUB_ENV (e.g. what a download set);
-    `inputs` are a workflow_dispatch's (steps whose `if:` they fail are skipped).
+    `uses:` steps are not run (the test emulates checkout, install, artifacts); `env` seeds
+    GITHUB_ENV (e.g. what a download set); `inputs` are a workflow_dispatch's (steps whose
+    `if:` they fail are skipped).
     """
     inputs = inputs or {}
     for d in ("runner", "home"):
@@ -269,10 +269,7 @@ def run_job(workflow: str, job: str, secrets: dict[str, str], tmp: Path, *,
             value = re.sub(r"\$\{\{ inputs\.(\w+) \}\}", lambda m: inputs.get(m[1], ""), value)
             assert "${{" not in value, f"unemulated expression {value!r}"
             env[key] = value
-        script = step["run"]
-        for old, new in (replace or {}).items():
-            script = script.replace(old, new)
-        p = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        p = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         output.append(f"## {step['name']} (rc {p.returncode})\n{p.stdout}{p.stderr}")
         rc = p.returncode
@@ -285,12 +282,6 @@ def _assert_no_secret_echoed(output: str, secrets: dict[str, str]) -> None:
     key_body = secrets["WATCHME_SSH_KEY"].splitlines()[1]
     assert key_body not in output
     assert secrets["WATCHME_KNOWN_HOSTS"].split()[-1] not in output
-
-
-# The deploy's own fact recorder (WATCHME_RECORD_DIR) is another change; until it lands, the
-# emulated deploy job records through tests/fact_recorder.py, in the same record format.
-RECORDING = {".venv/bin/pyinfra --json -y": f"{sys.executable} -m tests.fact_recorder --json -y"}
-NO_PREFETCH = {"WATCHME_NO_PREFETCH": "1"}
 
 
 def _preview(records: Path, tmp: Path):
@@ -334,8 +325,7 @@ def _certbot_certificate(testhost, tmp: Path) -> None:
 def deployed(first_preview, testhost, tmp_path_factory):
     secrets = _secrets(testhost)
     _certbot_certificate(testhost, tmp_path_factory.mktemp("certificate"))
-    return secrets, *run_job("deploy.yml", "deploy", secrets, tmp_path_factory.mktemp("deploy"),
-                             env=NO_PREFETCH, replace=RECORDING)
+    return secrets, *run_job("deploy.yml", "deploy", secrets, tmp_path_factory.mktemp("deploy"))
 
 
 def test_deploy_job_deploys_and_summarises(deployed, host):
@@ -368,10 +358,10 @@ def test_deploy_record_kept_on_the_host(deployed, host):
 
 @pytest.fixture(scope="module")
 def records(deployed, testhost, tmp_path_factory):
-    """The artifact a converged deploy of main uploads (a second deploy: nothing to change)."""
+    """The artifact a converged deploy of main uploads (a second deploy: nothing to change),
+    written by the deploy's own recorder (watchme/prefetch.py, WATCHME_RECORD_DIR)."""
     tmp = tmp_path_factory.mktemp("deploy-again")
-    rc, output, summary = run_job("deploy.yml", "deploy", _secrets(testhost), tmp,
-                                  env=NO_PREFETCH, replace=RECORDING)
+    rc, output, summary = run_job("deploy.yml", "deploy", _secrets(testhost), tmp)
     assert rc == 0, output[-3000:]
     # upload-artifact's path, then the PR's download into its own directory
     uploaded = list((tmp / "runner" / "watchme" / "records").glob("*.facts.json"))
