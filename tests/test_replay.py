@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, assert_idempotent, run_deploy
+from tests.conftest import PYINFRA, ROOT, assert_idempotent, run_deploy
 from watchme import replay, summary as sm, testhost as th
 from watchme.targets import TargetError, production, replay as replay_hosts
 
@@ -138,10 +137,9 @@ def test_connector_opens_no_socket(tmp_path, monkeypatch):
 
 def _recorded_run(env: dict, out) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}
-    full.update({**env, **NO_PREFETCH, "WATCHME_RECORD_DIR": str(out)})
-    return subprocess.run([sys.executable, "-m", "tests.fact_recorder", "--json", "-y",
-                           "inventory.py", "deploy.py"], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=900)
+    full.update({**env, "WATCHME_RECORD_DIR": str(out)})  # the deploy's own recorder (prefetch.py)
+    return subprocess.run([PYINFRA, "--json", "-y", "inventory.py", "deploy.py"], cwd=ROOT,
+                          env=full, capture_output=True, text=True, timeout=900)
 
 
 # Operations whose plan-time check cannot see their outcome: planned as changes on every
