@@ -1,0 +1,92 @@
+"""The fact answers of a no-op, as one hash: computed on the host and in the deploy alike.
+
+Stdlib only, and runnable by the host's python3: `watchme deploy` sends this file's text
+with the memo check (watchme/lock.py, mode memo), so the host and the deploy that wrote the
+memo (watchme/prefetch.py) hash answers with the very same code.
+
+The answers are the fact plan's output (watchme/prefetch.py): blocks of
+`@@watchme-fact <rc> <identity>` followed by the fact's stdout lines. Canonical form: the
+exit code as 0/1 (all pyinfra keeps), the identity (the fact, its arguments, connector
+arguments and the hash of its command) and the lines, without trailing empty lines (the
+plan's `$(...)` drops them). Also hashed: the commit of the last deploy record, the one
+thing outside the facts the deploy decides on (allow_older).
+
+VOLATILE lists output lines that change on every read and that no code of the deploy
+reads (tests/test_noop_memo.py checks that no Python file of tasks/ or watchme/ names
+them): they are left out of the hash, or the memo would never match.
+"""
+
+import hashlib
+import json
+import re
+import sys
+
+MARK = "@@watchme-fact"
+# (fact module, fact class) -> lines left out of the hash: what changes on every read.
+VOLATILE = {
+    ("watchme.network_check", "NetworkReport"): re.compile(r'^\s*"checked_at": "[^"]*",?$'),
+}
+
+
+def blocks_from_output(text):
+    """[(rc 0|1, identity, [lines])] from the plan's raw output."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    blocks = []
+    for line in lines:
+        if line.startswith(MARK + " "):
+            _, rc, identity = line.split(" ", 2)
+            blocks.append((0 if rc == "0" else 1, identity, []))
+        elif blocks:
+            blocks[-1][2].append(line)
+    return blocks
+
+
+def answers_hash(blocks, commit):
+    """sha256 of the canonical answers (see the module docstring) and the record's commit."""
+    facts = []
+    for rc, identity, lines in blocks:
+        lines = list(lines)
+        while lines and lines[-1] == "":
+            lines.pop()
+        try:
+            fact = json.loads(identity)["fact"]
+            drop = VOLATILE.get((fact[0], fact[1]))
+        except (ValueError, KeyError, TypeError, IndexError):
+            drop = None
+        if drop is not None:
+            lines = [line for line in lines if not drop.match(line)]
+        facts.append([0 if rc == 0 else 1, identity, lines])
+    text = json.dumps({"v": 1, "commit": commit or "", "facts": facts}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def record_commit(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.loads(f.readline() or "{}").get("commit") or ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def host_check(memo_path, record_path, key, output_path):
+    """On the host: 'hit <memo JSON>' when the memo holds this key and these answers."""
+    try:
+        with open(memo_path, encoding="utf-8") as f:
+            memo = json.loads(f.read())
+    except (OSError, ValueError):
+        return "miss no memo on the host"
+    if not isinstance(memo, dict) or memo.get("key") != key:
+        return "miss the inputs differ from the memoized run's"
+    with open(output_path, encoding="utf-8", errors="surrogateescape") as f:
+        blocks = blocks_from_output(f.read())
+    if not blocks:
+        return "miss no fact plan on the host"
+    if answers_hash(blocks, record_commit(record_path)) != memo.get("answers"):
+        return "miss the host's answers differ from the memoized run's"
+    return "hit " + json.dumps({k: memo.get(k) for k in ("operations", "warnings")})
+
+
+if __name__ == "__main__":
+    print("memo=" + host_check(*sys.argv[1:5]))
