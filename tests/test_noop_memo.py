@@ -25,6 +25,9 @@ from watchme import lock as wl
 from watchme import noop_answers, noop_memo
 from watchme.summary import summarize
 
+# The e2e tests start from a host with the packages preinstalled (tests/provisioned.py).
+pytestmark = pytest.mark.provisioned
+
 # -- unit: the inputs key --------------------------------------------------------------------
 
 

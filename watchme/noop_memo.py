@@ -21,8 +21,9 @@ know) runs pyinfra as before, which writes a new memo when its run qualifies.
 The inputs key covers every local thing that can change the deploy: deploy.py,
 inventory.py, pyproject.toml, tasks/, watchme/, files/, templates/, group_data/, the
 registry (WATCHME_REGISTRY), the installed versions of the deploy's libraries and Python,
-every WATCHME_* variable but the three that only steer this command (and the files the
-inventory reads through them: the test host state, an ssh config), the pyinfra options that
+every WATCHME_* variable but those that only say how to reach the host or steer this
+command (STEERING_ENV), the files the inventory reads through them (the test host state,
+the ssh config), the pyinfra options that
 change the deploy (--data, --limit; lock_wait_seconds only sets how long to wait, and the
 fast path honours it itself) and the commit (the deploy records it; allow_older decides on
 it). Nothing of the deploy depends on the date or time (tasks/ and watchme/ audited: no
@@ -54,7 +55,9 @@ from watchme.targets import DEFAULT_TESTHOST, ENTRY_RE, IP_RE
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "WATCHME_MEMO_KEY"  # set by `watchme deploy` for the pyinfra run it starts
 FULL_ENV = "WATCHME_FULL"
-STEERING_ENV = {KEY_ENV, FULL_ENV, "WATCHME_RECORD_DIR"}  # where/how, never what is deployed
+# How to reach and authenticate the host, where records go: never what is deployed. (Were
+# the key and known_hosts paths inputs, CI's and a laptop's memos would never match.)
+STEERING_ENV = {KEY_ENV, FULL_ENV, "WATCHME_RECORD_DIR", "WATCHME_SSH_KEY", "WATCHME_KNOWN_HOSTS"}
 INPUT_FILES = ("deploy.py", "inventory.py", "pyproject.toml")
 INPUT_DIRS = ("tasks", "watchme", "files", "templates", "group_data")
 LIBRARIES = ("pyinfra", "paramiko", "jinja2", "pyyaml", "pydantic", "crossplane", "ruamel.yaml")
