@@ -11,9 +11,9 @@ arguments and the hash of its command) and the lines, without trailing empty lin
 plan's `$(...)` drops them). Also hashed: the commit of the last deploy record, the one
 thing outside the facts the deploy decides on (allow_older).
 
-VOLATILE lists output lines that change on every read and that no code of the deploy
-reads (tests/test_noop_memo.py checks that no Python file of tasks/ or watchme/ names
-them): they are left out of the hash, or the memo would never match.
+VOLATILE lists output lines that change between reads by themselves and that no code of
+the deploy decides on (tests/test_noop_memo.py checks that no Python file of tasks/ or
+watchme/ reads them): they are left out of the hash, or the memo would never match.
 """
 
 import hashlib
@@ -24,7 +24,11 @@ import sys
 MARK = "@@watchme-fact"
 # (fact module, fact class) -> lines left out of the hash: what changes on every read.
 VOLATILE = {
+    # the monitor's report says when it was made
     ("watchme.network_check", "NetworkReport"): re.compile(r'^\s*"checked_at": "[^"]*",?$'),
+    # the guard's oneshot unit is inactive, activating or failed as its timer runs it; the
+    # deploy reads only NeedDaemonReload of this fact (its "active" key is never read)
+    ("watchme.units", "LoadedUnits"): re.compile(r"^ActiveState="),
 }
 
 
