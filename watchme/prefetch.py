@@ -125,6 +125,7 @@ class Prefetch:
         self.generation = 0  # counts changes: a live answer read across one is not kept
         self.record: dict[str, dict] = {}  # (command, executor) -> what the host answered
         self.unplanned: list[str] = []  # facts read the stock way, outside any plan
+        self.previous: dict[str, list] = {}  # the served plan's facts (kept by a changing run)
         self._capture: list | None = None
         self.wrap = None  # set by tasks/lock.py: wraps each changing command (lock holding)
 
@@ -190,9 +191,17 @@ class Prefetch:
 
     # -- the plan on the host ------------------------------------------------------------
     def _planned(self) -> tuple[list[tuple[str, int, str, dict]], list[str]]:
-        """([(identity, sudo, command, executor)] in reading order, [facts left out])."""
+        """([(identity, sudo, command, executor)] in reading order, [facts left out]).
+
+        A run that changed the host also keeps the facts of the plan it was served but did
+        not read: it took other paths (a file it created has no checksum to read yet), and
+        the next no-op, back on the no-op paths, reads them (the first no-op after a repair
+        is then served all its facts). A zero-change run plans exactly what it read."""
         entries, left_out = [], []
-        for module, qualname, fact_kwargs, executor in self.seen.values():
+        facts = list(self.seen.values())
+        if self.generation:
+            facts += [entry for key, entry in self.previous.items() if key not in self.seen]
+        for module, qualname, fact_kwargs, executor in facts:
             cls = self._resolve(module, qualname)
             if cls is None or cls.shell_executable or not runnable(executor):
                 left_out.append(qualname)
@@ -270,6 +279,8 @@ class Prefetch:
             if _sha(command) != ident.get("sha"):
                 continue  # this checkout builds another command: the answer is not its own
             self._remember(command, executor, 0 if rc == 0 else 1, out)
+            self.previous.setdefault(_key(cls, fact_kwargs, executor),
+                                     [module, qualname, fact_kwargs, executor])
             if rc != 0 or out == [MISSING]:
                 continue  # pyinfra has its own handling for these: let it read live
             try:
