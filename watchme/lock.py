@@ -141,9 +141,13 @@ if [ "$MODE" = take ] || [ "$MODE" = check ]; then
 fi
 if [ "$MODE" = memo ]; then
   mout=$(mktemp "{lock_dir}/memo.XXXXXX")
-  if [ -f "$plan" ]; then . "$plan" > "$mout"; fi
-  verdict=$(python3 -c "$CHECK" "$memo" "$record" "$KEY" "$mout" 2>/dev/null) ||
-    verdict="memo=miss the host's python3 could not check the memo"
+  if ! grep -qF "\"key\": \"$KEY\"" "$memo" 2>/dev/null; then
+    verdict="memo=miss the inputs differ from the memoized run's (or no memo)"
+  else
+    if [ -f "$plan" ]; then . "$plan" > "$mout"; fi
+    verdict=$(python3 -c "$CHECK" "$memo" "$record" "$KEY" "$mout" 2>/dev/null) ||
+      verdict="memo=miss the host's python3 could not check the memo"
+  fi
   echo "$verdict"
   exec 9>"$lock.guard"
   flock -w 20 9
@@ -157,7 +161,7 @@ if [ "$MODE" = memo ]; then
   esac
   if [ "$opid" = "$p" ]; then rm -f "$lock"; echo "status=released"; else echo "status=not-ours"; fi
   exec 9>&-
-  if [ "$FACTS" = 1 ]; then
+  if [ "$FACTS" = 1 ] && [ "${{verdict#memo=hit }}" != "$verdict" ]; then
     echo "{facts}"
     {{ cat "$plan" 2>/dev/null || true; echo "{facts}"; cat "$mout"; }} | gzip -c | base64 | tr -d '\n'
     echo

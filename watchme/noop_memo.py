@@ -330,10 +330,10 @@ def fact_record(name: str, blob: str) -> dict:
     from watchme.noop_answers import blocks_from_output
     answers = {identity: (rc, lines) for rc, identity, lines in blocks_from_output(output)}
     facts = []
-    for line in plan_text.splitlines():
-        if not line.startswith("F "):
-            continue
-        _, _, identity, command = shlex.split(line)
+    body = "".join(line for line in plan_text.splitlines(True) if not line.startswith("#"))
+    words = shlex.split(body)  # a quoted command may span lines
+    for i in range(0, len(words) - 3, 4):
+        _, _, identity, command = words[i:i + 4]
         if identity in answers:
             rc, out = answers[identity]
             facts.append({"command": command, "executor": json.loads(identity)["fact"][3],
