@@ -349,3 +349,20 @@ def test_a_held_lock_fails_the_fast_path_or_is_waited_for(converged, host, env, 
 
 def test_second_run_changes_nothing(converged, deploy, env):
     assert_idempotent(deploy, env={"WATCHME_REGISTRY": env["WATCHME_REGISTRY"]})
+
+
+def test_fact_record_on_a_hit_is_the_full_runs_format():
+    """Built from the plan and its answers: commands spanning lines (with # lines) included."""
+    import base64
+    import gzip
+    import shlex
+
+    command = "sh -c 'x'\n# a comment line inside the command\necho done"
+    identity = json.dumps({"fact": ["m", "C", {}, {"_sudo": True}], "sha": "1"})
+    plan = ("# watchme fact plan v1: header\n"
+            f"F 1 {shlex.quote(identity)} {shlex.quote(command)}\n")
+    text = f"{plan}{wl.FACTS}\n{noop_answers.MARK} 0 {identity}\nline 1\nline 2\n"
+    blob = base64.b64encode(gzip.compress(text.encode())).decode()
+    assert noop_memo.fact_record("h", blob) == {"version": 1, "host": "h", "facts": [
+        {"command": command, "executor": {"_sudo": True}, "rc": 0,
+         "stdout": ["line 1", "line 2"]}]}

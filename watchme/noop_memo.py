@@ -330,8 +330,8 @@ def fact_record(name: str, blob: str) -> dict:
     from watchme.noop_answers import blocks_from_output
     answers = {identity: (rc, lines) for rc, identity, lines in blocks_from_output(output)}
     facts = []
-    body = "".join(line for line in plan_text.splitlines(True) if not line.startswith("#"))
-    words = shlex.split(body)  # a quoted command may span lines
+    body = plan_text.split("\n", 1)[1] if plan_text.startswith("#") else plan_text  # header
+    words = shlex.split(body)  # a quoted command may span lines (and hold # lines)
     for i in range(0, len(words) - 3, 4):
         _, _, identity, command = words[i:i + 4]
         if identity in answers:
