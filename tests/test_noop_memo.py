@@ -148,7 +148,7 @@ def test_answers_hash_is_what_pyinfra_reads():
     assert h(_out("t", "a")) != h(_out("t", "b"))
     assert h(_out("t")) != h(_out("t"), "other commit")
     # What pyinfra's stdout_lines hold for a live read, as the deploy hashes it: same hash.
-    blocks = [(0, REPORT, ["{", '  "ok": true,', '  "checked_at": "x"', "}"]), (1, OTHER, ["a"])]
+    blocks = [(0, REPORT, ["{", '  "ok": true,', '  "checked_at": "x"', "}"]), (1, OTHER, ["a", ""])]
     assert noop_answers.answers_hash(blocks, "c") == h(_out("y"))
 
 

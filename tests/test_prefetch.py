@@ -193,3 +193,33 @@ def test_a_changing_run_keeps_the_served_facts_it_did_not_read(pf):
     assert "echo b" not in nxt.plan_text(), "a zero-change run plans what it read"
     nxt.put_file("local", "/etc/x")
     assert "echo b" in nxt.plan_text(), "a changing run keeps what the next no-op reads"
+
+
+class Printf(FactBase):
+    def command(self, fmt):
+        return f"printf {shlex.quote(fmt)}"
+
+    def process(self, output):
+        return list(output)
+
+
+@pytest.mark.parametrize("fmt, lines", [("x\\n\\n", ["x", ""]), ("x\\n", ["x"]), ("x", ["x"]),
+                                        ("", []), ("\\n", [""]), ("a\\n\\nb\\n", ["a", "", "b"])])
+def test_planned_answers_keep_every_line_a_live_read_gives(pf, fmt, lines):
+    """The plan keeps a fact's stdout byte for byte: trailing empty lines too (pyinfra's
+    live read splits the output on newlines and keeps them)."""
+    pf.get_fact(Printf, fmt=fmt)
+    out = host_output(pf.plan_text())
+    assert out[1:] == lines
+    nxt = replan(pf)
+    assert nxt.get_fact(Printf, fmt=fmt) == (lines if lines else None)
+
+
+def test_memo_answers_hash_as_the_host_check_does_with_blank_lines(pf):
+    from watchme import noop_answers
+    pf.get_fact(Printf, fmt="x\\n\\n")
+    nxt = replan(pf)
+    nxt.get_fact(Printf, fmt="x\\n\\n")
+    blocks, _ = nxt.memo_blocks()
+    assert blocks[0][2] == ["x", ""]
+    assert noop_answers.answers_hash(blocks, "c") == _host_hash(nxt.plan_text())

@@ -77,15 +77,22 @@ inspect() {{
   if [ "$(starttime "$opid")" = "$ostart" ]; then alive=yes; why=session; fi
   if ! flock -n -x "$work" true; then alive=yes; why=${{why:-work}}; fi
 }}
+# F: one planned fact. Its stdout is kept byte for byte (the "." keeps $(...) from eating
+# trailing newlines), so a served answer has the very lines a live read gives pyinfra.
 F() {{
   rc=0
   if [ "$1" = 1 ] || [ -z "${{SUDO_USER:-}}" ] || [ "$SUDO_USER" = root ]; then
-    out=$(sh -c "$3" </dev/null 2>/dev/null) || rc=$?
+    out=$(sh -c "$3" </dev/null 2>/dev/null; r=$?; echo .; exit $r) || rc=$?
   else
-    out=$(runuser -u "$SUDO_USER" -- sh -c "$3" </dev/null 2>/dev/null) || rc=$?
+    out=$(runuser -u "$SUDO_USER" -- sh -c "$3" </dev/null 2>/dev/null; r=$?; echo .; exit $r) || rc=$?
   fi
+  out=${{out%.}}
   printf '%s %s %s\n' '@@watchme-fact' "$rc" "$2"
-  if [ -n "$out" ]; then printf '%s\n' "$out"; fi
+  if [ -n "$out" ]; then
+    printf '%s' "$out"
+    case "$out" in *"
+") ;; *) echo ;; esac
+  fi
 }}
 if [ "$p" -le 1 ] && [ "$MODE" != show ] && [ "$MODE" != break ]; then echo "status=no-session"; exit 0; fi
 echo "session=$p"

@@ -7,8 +7,8 @@ memo (watchme/prefetch.py) hash answers with the very same code.
 The answers are the fact plan's output (watchme/prefetch.py): blocks of
 `@@watchme-fact <rc> <identity>` followed by the fact's stdout lines. Canonical form: the
 exit code as 0/1 (all pyinfra keeps), the identity (the fact, its arguments, connector
-arguments and the hash of its command) and the lines, without trailing empty lines (the
-plan's `$(...)` drops them). Also hashed: the commit of the last deploy record, the one
+arguments and the hash of its command) and the lines, exactly as pyinfra reads them (the
+plan keeps every byte of a fact's stdout, trailing empty lines too). Also hashed: the commit of the last deploy record, the one
 thing outside the facts the deploy decides on (allow_older).
 
 VOLATILE lists output lines that change between reads by themselves and that no code of
@@ -52,8 +52,6 @@ def answers_hash(blocks, commit):
     facts = []
     for rc, identity, lines in blocks:
         lines = list(lines)
-        while lines and lines[-1] == "":
-            lines.pop()
         try:
             fact = json.loads(identity)["fact"]
             drop = VOLATILE.get((fact[0], fact[1]))
