@@ -16,10 +16,17 @@ the deploy decides on (tests/test_noop_memo.py checks that no Python file of tas
 watchme/ reads them): they are left out of the hash, or the memo would never match.
 """
 
-import hashlib
 import json
 import re
 import sys
+
+try:  # CPython's own sha256: hashlib would load OpenSSL (+4 MiB on the host, of ~12)
+    from _sha2 import sha256  # Python 3.12+
+except ImportError:
+    try:
+        from _sha256 import sha256  # Python 3.8-3.11
+    except ImportError:
+        from hashlib import sha256
 
 MARK = "@@watchme-fact"
 # (fact module, fact class) -> lines left out of the hash: what changes on every read.
@@ -61,7 +68,7 @@ def answers_hash(blocks, commit):
             lines = [line for line in lines if not drop.match(line)]
         facts.append([0 if rc == 0 else 1, identity, lines])
     text = json.dumps({"v": 1, "commit": commit or "", "facts": facts}, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def record_commit(path):
