@@ -243,7 +243,8 @@ def _memo(state, h, p, changed: list[str], commit: str) -> tuple[dict | None, st
     if ops is None:
         return None, "an operation failed"
     return {"key": noop_memo.host_key(key, h.name),
-            "answers": noop_answers.answers_hash(blocks, commit), "operations": ops,
+            "answers": noop_answers.answers_hash(blocks, commit), "commit": commit,
+            "facts": noop_answers.fact_digests(blocks), "operations": ops,
             "warnings": _WARNINGS.by_host.get(h.name, [])}, ""
 
 

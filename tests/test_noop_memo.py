@@ -243,7 +243,7 @@ def converged(testhost, host, env):
 def _hit(env: dict, host, *args: str) -> Run:
     run, sessions = _wd(env, *args)
     assert run.rc == 0, run.stderr[-3000:]
-    assert MISS not in run.stderr, run.stderr[-2000:]
+    assert MISS not in run.stderr, [l for l in run.stderr.splitlines() if "memo" in l]
     assert sessions == 1, f"{sessions} ssh commands"
     return run
 
@@ -366,3 +366,21 @@ def test_fact_record_on_a_hit_is_the_full_runs_format():
     assert noop_memo.fact_record("h", blob) == {"version": 1, "host": "h", "facts": [
         {"command": command, "executor": {"_sudo": True}, "rc": 0,
          "stdout": ["line 1", "line 2"]}]}
+
+
+def test_a_miss_names_the_fact_that_changed(tmp_path):
+    before = noop_answers.blocks_from_output(_out("t", "a"))
+    memo = {"key": "k", "answers": noop_answers.answers_hash(before, "c"), "commit": "c",
+            "facts": noop_answers.fact_digests(before)}
+    (tmp_path / "memo").write_text(json.dumps(memo))
+    (tmp_path / "record").write_text('{"commit": "c"}\n')
+    out = tmp_path / "out"
+    out.write_text(_out("later", "a"))
+    check = lambda: noop_answers.host_check(str(tmp_path / "memo"), str(tmp_path / "record"),
+                                            "k", str(out))
+    assert check().startswith("hit ")
+    out.write_text(_out("t", "b"))
+    assert check() == ("miss the host's answers differ from the memoized run's: the answer "
+                       "of watchme.units.LoadedUnits differs")
+    (tmp_path / "record").write_text('{"commit": "d"}\n')
+    assert check().endswith("the last deployed commit differs")

@@ -54,8 +54,8 @@ def blocks_from_output(text):
     return blocks
 
 
-def answers_hash(blocks, commit):
-    """sha256 of the canonical answers (see the module docstring) and the record's commit."""
+def canonical(blocks):
+    """[[rc 0|1, identity, lines]] with VOLATILE lines left out."""
     facts = []
     for rc, identity, lines in blocks:
         lines = list(lines)
@@ -67,8 +67,40 @@ def answers_hash(blocks, commit):
         if drop is not None:
             lines = [line for line in lines if not drop.match(line)]
         facts.append([0 if rc == 0 else 1, identity, lines])
-    text = json.dumps({"v": 1, "commit": commit or "", "facts": facts}, sort_keys=True)
-    return sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return facts
+
+
+def _sha(value):
+    return sha256(json.dumps(value, sort_keys=True).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def answers_hash(blocks, commit):
+    """sha256 of the canonical answers (see the module docstring) and the record's commit."""
+    return _sha({"v": 1, "commit": commit or "", "facts": canonical(blocks)})
+
+
+def fact_digests(blocks):
+    """One short hash per fact, in plan order: on a miss the host names what changed."""
+    return [[_name(f[1]), _sha(f)[:16]] for f in canonical(blocks)]
+
+
+def _name(identity):
+    try:
+        fact = json.loads(identity)["fact"]
+        return fact[0] + "." + fact[1]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return "?"
+
+
+def first_difference(memo_digests, blocks, commit, memo_commit):
+    """What differs from the memoized run, in words (for the miss's reason)."""
+    if commit != memo_commit:
+        return "the last deployed commit differs"
+    now = fact_digests(blocks)
+    for i, (name, digest) in enumerate(now):
+        if i >= len(memo_digests) or memo_digests[i] != [name, digest]:
+            return "the answer of " + name + " differs"
+    return "the number of facts differs" if len(now) != len(memo_digests) else "?"
 
 
 def record_commit(path):
@@ -92,8 +124,10 @@ def host_check(memo_path, record_path, key, output_path):
         blocks = blocks_from_output(f.read())
     if not blocks:
         return "miss no fact plan on the host"
-    if answers_hash(blocks, record_commit(record_path)) != memo.get("answers"):
-        return "miss the host's answers differ from the memoized run's"
+    commit = record_commit(record_path)
+    if answers_hash(blocks, commit) != memo.get("answers"):
+        why = first_difference(memo.get("facts") or [], blocks, commit, memo.get("commit"))
+        return "miss the host's answers differ from the memoized run's: " + why
     return "hit " + json.dumps({k: memo.get(k) for k in ("operations", "warnings")})
 
 

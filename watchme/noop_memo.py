@@ -4,7 +4,9 @@ pyinfra's deploy is a deterministic function of its inputs and of the fact answe
 reads. A run that changed nothing, ran nothing on the host and read only facts its fact
 plan holds (tasks/lock.py decides) leaves a memo on the host:
 
-    /var/lib/watchme/noop-memo   root 0600, JSON: {"key", "answers", "operations", "warnings"}
+    /var/lib/watchme/noop-memo   root 0600, JSON: {"key", "answers", "commit", "facts",
+                                 "operations", "warnings"} (facts: a short hash per fact, so a
+                                 miss names the fact whose answer changed)
 
 key: the inputs key of this checkout and command line for that host (inputs_key, host_key);
 answers: the hash of the answers the run used (watchme/noop_answers.py). The next
