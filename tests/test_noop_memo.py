@@ -384,3 +384,31 @@ def test_a_miss_names_the_fact_that_changed(tmp_path):
                        "of watchme.units.LoadedUnits differs")
     (tmp_path / "record").write_text('{"commit": "d"}\n')
     assert check().endswith("the last deployed commit differs")
+
+
+DISK = ('{"fact": ["watchme.disk", "DockerDiskUsage", {"script": "s", "threshold": 85}, {}], '
+        '"sha": "3"}')
+
+
+def _disk(percent: int) -> list:
+    return [(0, DISK, ["{", '  "root": "/var/lib/docker",', f'  "percent": {percent},',
+                       f'  "percent_after": {percent},', '  "error": null', "}"])]
+
+
+def test_the_disk_percent_counts_only_as_below_the_threshold_or_not():
+    h = lambda p: noop_answers.answers_hash(_disk(p), "c")
+    assert h(27) == h(28) == h(84)
+    assert h(84) != h(85)
+
+
+def test_the_deploy_reads_the_disk_percent_only_against_the_threshold():
+    """What COARSE keeps is all the deploy decides on: every read of "percent" in tasks/ and
+    watchme/ is `is not None`, `< threshold`, or text in an f-string."""
+    allowed = re.compile(r"""\.get\("percent"\) is not None|\["percent"\] < threshold|"""
+                         r"""\{\w+\['percent(?:_after)?'\]\}""")
+    for path in [*ROOT.glob("tasks/*.py"), *ROOT.glob("watchme/*.py")]:
+        if path.name in ("noop_answers.py", "doctor.py"):  # doctor is no part of a deploy
+            continue
+        for line in path.read_text().splitlines():
+            for read in re.finditer(r"""\[["']percent(?:_after)?["']\]|\.get\(["']percent""", line):
+                assert allowed.search(line), f"{path.name}: {line.strip()}"

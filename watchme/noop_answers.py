@@ -13,7 +13,9 @@ thing outside the facts the deploy decides on (allow_older).
 
 VOLATILE lists output lines that change between reads by themselves and that no code of
 the deploy decides on (tests/test_noop_memo.py checks that no Python file of tasks/ or
-watchme/ reads them): they are left out of the hash, or the memo would never match.
+watchme/ reads them): they are left out of the hash, or the memo would never match. COARSE maps an
+answer to what the deploy decides on (the disk guard's percent: below the threshold or
+not), with the same check.
 """
 
 import json
@@ -54,6 +56,25 @@ def blocks_from_output(text):
     return blocks
 
 
+def _disk_percent(lines, fact_kwargs):
+    """The disk guard's percentages as the deploy reads them: below the threshold or not
+    (watchme/disk.py decides on `percent < threshold` only; the exact number is in an info
+    line). Without this, a shared disk crossing 1 % defeats the memo."""
+    threshold = fact_kwargs.get("threshold") if isinstance(fact_kwargs, dict) else None
+    out = []
+    for line in lines:
+        m = re.match(r'^(\s*"percent(?:_after)?": )(\d+)(,?)$', line)
+        if m and isinstance(threshold, int):
+            side = "below" if int(m.group(2)) < threshold else "at or above"
+            line = m.group(1) + '"' + side + ' the threshold"' + m.group(3)
+        out.append(line)
+    return out
+
+
+# (fact module, fact class) -> lines as the deploy reads them, given the fact's arguments.
+COARSE = {("watchme.disk", "DockerDiskUsage"): _disk_percent}
+
+
 def canonical(blocks):
     """[[rc 0|1, identity, lines]] with VOLATILE lines left out."""
     facts = []
@@ -62,10 +83,13 @@ def canonical(blocks):
         try:
             fact = json.loads(identity)["fact"]
             drop = VOLATILE.get((fact[0], fact[1]))
+            coarse = COARSE.get((fact[0], fact[1]))
         except (ValueError, KeyError, TypeError, IndexError):
-            drop = None
+            fact, drop, coarse = None, None, None
         if drop is not None:
             lines = [line for line in lines if not drop.match(line)]
+        if coarse is not None:
+            lines = coarse(lines, fact[2])
         facts.append([0 if rc == 0 else 1, identity, lines])
     return facts
 
