@@ -412,3 +412,16 @@ def test_the_deploy_reads_the_disk_percent_only_against_the_threshold():
         for line in path.read_text().splitlines():
             for read in re.finditer(r"""\[["']percent(?:_after)?["']\]|\.get\(["']percent""", line):
                 assert allowed.search(line), f"{path.name}: {line.strip()}"
+
+
+def test_a_files_times_are_no_answer():
+    ident = '{"fact": ["pyinfra.facts.files", "Directory", {"path": "/var/lib/watchme"}, {}], "sha": "4"}'
+    stat = "user=root group=root mode=drwxr-xr-x atime={0} mtime={0} ctime={0} size=4096 '/var/lib/watchme'"
+    h = lambda t, mode="drwxr-xr-x": noop_answers.answers_hash(
+        [(0, ident, [stat.format(t).replace("drwxr-xr-x", mode)])], "c")
+    assert h(1700000000) == h(1700000999)
+    assert h(1) != h(1, "drwx------")
+    used = re.compile(r"""\[["'][amc]time["']\]|cache_time|files\.download""")
+    for path in [*ROOT.glob("tasks/*.py"), *ROOT.glob("watchme/*.py"), ROOT / "deploy.py"]:
+        if path.name not in ("noop_answers.py", "doctor.py"):
+            assert not used.search(path.read_text()), path

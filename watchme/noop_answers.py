@@ -15,7 +15,7 @@ VOLATILE lists output lines that change between reads by themselves and that no 
 the deploy decides on (tests/test_noop_memo.py checks that no Python file of tasks/ or
 watchme/ reads them): they are left out of the hash, or the memo would never match. COARSE maps an
 answer to what the deploy decides on (the disk guard's percent: below the threshold or
-not), with the same check.
+not; a file's stat without its times), with the same check.
 """
 
 import json
@@ -71,8 +71,19 @@ def _disk_percent(lines, fact_kwargs):
     return out
 
 
+def _stat_times(lines, fact_kwargs):
+    """pyinfra's File/Directory/Link facts without atime/mtime/ctime: this deploy's
+    operations decide on type, mode, owner and content, never on a time (pyinfra reads mtime
+    only for apt.update/files.download with cache_time, which the deploy does not use). A
+    directory's mtime moves whenever a file in it is written (the lock's own records)."""
+    return [re.sub(r"atime=-?\d* mtime=-?\d* ctime=-?\d*", "atime=- mtime=- ctime=-", line)
+            for line in lines]
+
+
 # (fact module, fact class) -> lines as the deploy reads them, given the fact's arguments.
-COARSE = {("watchme.disk", "DockerDiskUsage"): _disk_percent}
+COARSE = {("watchme.disk", "DockerDiskUsage"): _disk_percent,
+          **{("pyinfra.facts.files", name): _stat_times
+             for name in ("File", "Directory", "Link", "Socket")}}
 
 
 def canonical(blocks):
