@@ -2,21 +2,27 @@
 
     .venv/bin/python bench/compare.py [--hosts 5] [--runs 5] [--delay-ms 50]
 
-Starts --hosts fresh test hosts and converges them all at once (the first converge: wall
-time and SSH sessions of one host, from pyinfra's --debug log), then measures medians of
---runs for each row, locally and through /work/shared/tools/latency-proxy.py (DELAY_MS each
-way, so 50 -> ~100 ms RTT) in front of the first host's SSH port:
+Starts --hosts fresh test hosts and converges them all at once with the operator's
+command (the first converge: wall time and SSH sessions of one host, from pyinfra's --debug
+log), measures the first, second and third no-op after it, then medians of --runs for each
+row, locally and through /work/shared/tools/latency-proxy.py (DELAY_MS each way, so 50 ->
+~100 ms RTT) in front of the first host's SSH port:
 
-- this project, no local state (HOME is a new empty directory on every run: a CI runner);
-- this project, the operator's HOME (the same since the fact plan lives on the host);
+- the operator's command, `watchme deploy -y --json` (the no-op memo: one ssh command when
+  it matches, else pyinfra), no local state (HOME is a new empty directory on every run:
+  a CI runner), after one warm-up run that leaves the memo for this inventory name;
+- raw pyinfra, `pyinfra -y --json inventory.py deploy.py`, no local state and the
+  operator's HOME (measured first: a run outside `watchme deploy` removes the memo);
 - `ssh host true` (OpenSSH, a new connection each time): the floor;
 - the bash one-shot, reduced job: one `ssh host sudo sh -s` that checks what a no-op must
   (packages installed, services enabled and active, every unit active, the sha256 of every
   rendered file against a manifest taken after the converge) and prints "no change";
-- 5 hosts at once: one deploy process per host, started together (the wall time of all).
+- 5 hosts at once: one deploy process per host, started together (the wall time of all),
+  for raw pyinfra and for the operator's command.
 
 SSH sessions are counted honestly: every remote command and every upload is a channel
-(session) on pyinfra's one connection; `ssh true` and the one-shot are one session each.
+(session) on pyinfra's one connection; `ssh true`, the one-shot and a memo hit are one
+session each; a memo miss is its one ssh command plus pyinfra's sessions.
 Prints a Markdown table for bench/RESULTS.md. Not a test.
 """
 
@@ -41,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from watchme import testhost as th  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+WATCHME = str(Path(sys.executable).with_name("watchme"))
 PROXY = "/work/shared/tools/latency-proxy.py"
 ONESHOT = r"""
 set -u
@@ -96,12 +103,29 @@ class Target:
         return env
 
     def deploy(self, *extra: str, home: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
+        """Raw pyinfra."""
         return timed([PYINFRA, "-y", "--json", *extra, "inventory.py", "deploy.py"],
                      self.env(home), timeout=1800)
+
+    def watchme(self, *extra: str, home: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
+        """The operator's command."""
+        return timed([WATCHME, "deploy", "-y", "--json", *extra], self.env(home), timeout=1800)
 
 
 def sessions(stderr: str) -> tuple[int, int]:
     return stderr.count("Running command on "), stderr.count("Attempting upload of ")
+
+
+def hit(p: subprocess.CompletedProcess) -> bool:
+    return "no change (memo: " in p.stderr and "--> no-op memo: " not in p.stderr
+
+
+def operator_sessions(p: subprocess.CompletedProcess) -> str:
+    """A memo hit: its one ssh command; a miss: that command plus pyinfra's (--debug)."""
+    if hit(p):
+        return "1 session (memo hit)"
+    c, u = sessions(p.stderr)
+    return f"{1 + c + u} sessions (memo miss: 1 + {c} commands + {u} uploads)"
 
 
 def changed(p: subprocess.CompletedProcess) -> int:
@@ -129,14 +153,18 @@ def main() -> int:
         local = [Target(h, work / h.name) for h in hosts]
         # First converge, all hosts at once; the first one with --debug to count sessions.
         with ThreadPoolExecutor(len(local)) as pool:
-            firsts = list(pool.map(lambda it: it[1].deploy(*(["--debug"] if it[0] == 0 else [])),
+            firsts = list(pool.map(lambda it: it[1].watchme(*(["--debug"] if it[0] == 0 else [])),
                                    enumerate(local)))
         for wall, p in firsts:
             if p.returncode != 0:
                 sys.exit(f"converge failed:\n{p.stderr[-3000:]}")
-        cmds, ups = sessions(firsts[0][1].stderr)
-        rows.append(("first converge of a fresh host, local (all hosts at once)",
-                     f"{firsts[0][0]:.1f} s", f"{cmds + ups} sessions ({cmds} commands + {ups} uploads)"))
+        rows.append(("first converge of a fresh host, local (all hosts at once), `watchme deploy`",
+                     f"{firsts[0][0]:.1f} s", operator_sessions(firsts[0][1])))
+        for n in (1, 2, 3):  # the plan and the memo complete themselves after a converge
+            wall, p = local[0].watchme("--debug", home=tempfile.mkdtemp(dir=work))
+            assert changed(p) == 0, p.stderr[-2000:]
+            rows.append((f"no-op #{n} after the converge, local, `watchme deploy`",
+                         f"{wall:.2f} s", operator_sessions(p)))
 
         port = free_port()
         proxy = subprocess.Popen([sys.executable, PROXY, str(port), str(hosts[0].port),
@@ -155,6 +183,10 @@ def main() -> int:
             fresh = [t.deploy(home=tempfile.mkdtemp(dir=work)) for _ in range(args.runs)]
             assert all(changed(p) == 0 for _, p in fresh), [p.stderr[-500:] for _, p in fresh]
             cached = median(lambda: t.deploy()[0], args.runs)
+            t.watchme()  # warm-up: the raw runs removed the memo; this one writes it again
+            ours = [t.watchme(home=tempfile.mkdtemp(dir=work)) for _ in range(args.runs)]
+            assert all(changed(p) == 0 for _, p in ours), [p.stderr[-500:] for _, p in ours]
+            hits = sum(hit(p) for _, p in ours)
             floor = median(lambda: timed([*t.ssh, "true"])[0], args.runs)
 
             def oneshot() -> float:
@@ -163,24 +195,32 @@ def main() -> int:
                 return wall
             bash = median(oneshot, args.runs)
             nf = statistics.median(w for w, _ in fresh)
+            no = statistics.median(w for w, _ in ours)
             rows += [
-                (f"no-op, {label}, no local state (fresh HOME)", f"{nf:.2f} s ({nf / floor:.1f} x ssh true)",
-                 f"{c + u} sessions"),
-                (f"no-op, {label}, operator's HOME", f"{cached:.2f} s", f"{c + u} sessions"),
+                (f"no-op, {label}, `watchme deploy`, no local state (fresh HOME)",
+                 f"{no:.2f} s ({no / floor:.1f} x ssh true)",
+                 f"1 session ({hits} of {args.runs} runs were memo hits)"),
+                (f"no-op, {label}, raw pyinfra, no local state (fresh HOME)",
+                 f"{nf:.2f} s ({nf / floor:.1f} x ssh true)", f"{c + u} sessions"),
+                (f"no-op, {label}, raw pyinfra, operator's HOME", f"{cached:.2f} s", f"{c + u} sessions"),
                 (f"`ssh host true`, {label}", f"{floor:.2f} s", "1 session"),
                 (f"bash one-shot (reduced job), {label}", f"{bash:.2f} s", "1 session"),
             ]
         if len(local) > 1:
-            def all_at_once() -> float:
-                start = time.perf_counter()
-                with ThreadPoolExecutor(len(local)) as pool:
-                    done = list(pool.map(lambda t: t.deploy(), local))
-                assert all(changed(p) == 0 for _, p in done)
-                return time.perf_counter() - start
-            single = median(lambda: one.deploy()[0], args.runs)
-            multi = median(all_at_once, args.runs)
-            rows.append((f"no-op, {len(local)} hosts at once (one process each), local",
-                         f"{multi:.2f} s ({multi / single:.1f} x one host, {single:.2f} s)", ""))
+            for label, how in (("raw pyinfra", "deploy"), ("`watchme deploy`", "watchme")):
+                def all_at_once() -> float:
+                    start = time.perf_counter()
+                    with ThreadPoolExecutor(len(local)) as pool:
+                        done = list(pool.map(lambda t: getattr(t, how)(), local))
+                    assert all(changed(p) == 0 for _, p in done)
+                    return time.perf_counter() - start
+                if how == "watchme":  # warm-up: the raw runs (and the WAN name) took the memos
+                    with ThreadPoolExecutor(len(local)) as pool:
+                        list(pool.map(lambda t: t.watchme(), local))
+                single = median(lambda: getattr(one, how)()[0], args.runs)
+                multi = median(all_at_once, args.runs)
+                rows.append((f"no-op, {len(local)} hosts at once (one process each), local, {label}",
+                             f"{multi:.2f} s ({multi / single:.1f} x one host, {single:.2f} s)", ""))
     finally:
         if proxy:
             proxy.terminate()

@@ -43,6 +43,14 @@ Design (chosen after reading pyinfra 3.10's api/operation.py and api/operations.
   remote work end. So is the lock of a run that never executes after taking it (an error
   while deploy.py loads, a declined prompt, `--json` without `-y`).
 
+- The no-op memo (watchme/noop_memo.py): the release of a run started by `watchme deploy`
+  (WATCHME_MEMO_KEY set) that changed nothing, failed nothing, ran nothing on the host and
+  read only facts its plan holds writes /var/lib/watchme/noop-memo: the inputs key, the
+  hash of the answers it used (watchme/noop_answers.py), its operations (for --json) and
+  the warnings it printed (shown again on a memo hit: they are part of its answer). Every
+  other release removes the memo. The lock's own warnings (stale lock, deploy in
+  progress, older commit) are the lock's, not the deploy's: they are not memoized.
+
 The record (/var/lib/watchme/last-deploy.json): status, start and end time, who, commit,
 how many operations changed and which. When WATCHME_RECORD_DIR is set, the deploy also
 writes `<dir>/<host>.json` locally ({"host", "last_deploy", "lock"}) for
@@ -53,6 +61,7 @@ record `<dir>/<host>.facts.json` (watchme/prefetch.py) for the offline PR previe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -63,9 +72,28 @@ from pyinfra.api import BaseStateCallback, StringCommand, operation
 from pyinfra.api.exceptions import DeployError
 
 from watchme import lock as wl
-from watchme import prefetch
+from watchme import noop_answers, noop_memo, prefetch
 
 _HELD: dict[str, dict] = {}  # host name -> {"session", "holder"} while this run holds it
+
+
+class _Warnings(logging.Handler):
+    """The warnings (and errors) pyinfra's logger prints for each host, for the memo."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.by_host: dict[str, list[list[str]]] = {}
+        self.prefixes: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        for name, prefix in self.prefixes.items():
+            if message.startswith(prefix):
+                self.by_host[name].append([record.levelname, message[len(prefix):]])
+                return
+
+
+_WARNINGS = _Warnings()
 
 
 def _dry() -> bool:
@@ -165,6 +193,11 @@ def acquire() -> None:
                               "purpose with --data allow_older=true")
     if mode == "take" and p is not None:
         p.wrap = wl.hold  # from now on every change holds the work lock while it runs
+    if mode == "take":  # from here on a warning is the deploy's (memoized with its answer)
+        _WARNINGS.prefixes[host.name] = host.print_prefix
+        _WARNINGS.by_host[host.name] = []
+        if _WARNINGS not in logger.handlers:
+            logger.addHandler(_WARNINGS)
 
 
 def _changed_ops(state, h) -> list[str]:
@@ -175,6 +208,44 @@ def _changed_ops(state, h) -> list[str]:
         if meta and meta.is_complete() and meta.did_change():
             names.append(", ".join(sorted(state.get_op_meta(op_hash).names)))
     return names
+
+
+def _operations(state, h) -> list[dict] | None:
+    """This host's operations as pyinfra's --json lists them; None if one did not succeed."""
+    from pyinfra_cli.prints import pretty_op_name
+    ops = []
+    for op_hash in state.get_op_order():
+        op_data = state.ops[h].get(op_hash)
+        if op_data is None:
+            continue
+        meta = op_data.operation_meta
+        if meta.is_complete() and not meta.did_succeed(_raise_if_not_complete=False):
+            return None
+        op_meta = state.op_meta[op_hash]
+        ops.append({"op_hash": op_hash, "name": pretty_op_name(op_meta),
+                    "names": sorted(op_meta.names), "args": list(op_meta.args)})
+    return ops
+
+
+def _memo(state, h, p, changed: list[str], commit: str) -> tuple[dict | None, str]:
+    """The memo this run leaves on the host, or (None, why not)."""
+    key = os.environ.get(noop_memo.KEY_ENV)
+    if not key:
+        return None, "not run by `watchme deploy`"
+    if changed:
+        return None, f"{len(changed)} operations changed"
+    if p is None:
+        return None, "no fact plan (WATCHME_NO_PREFETCH)"
+    blocks, why = p.memo_blocks()
+    if blocks is None:
+        return None, why
+    ops = _operations(state, h)
+    if ops is None:
+        return None, "an operation failed"
+    return {"key": noop_memo.host_key(key, h.name),
+            "answers": noop_answers.answers_hash(blocks, commit), "commit": commit,
+            "facts": noop_answers.fact_digests(blocks), "operations": ops,
+            "warnings": _WARNINGS.by_host.get(h.name, [])}, ""
 
 
 def _finish(state, h, status: str, failed_op: str | None = None) -> None:
@@ -190,8 +261,11 @@ def _finish(state, h, status: str, failed_op: str | None = None) -> None:
         record["failed_operation"] = failed_op
     p = getattr(h, "_watchme_prefetch", None)
     plan = p.plan_text() if p is not None and status == "ok" else ""
+    memo, why = (_memo(state, h, p, changed, record["commit"]) if status == "ok"
+                 else (None, "the deploy failed"))
+    logger.info(f"{h.print_prefix}no-op memo: " + ("written" if memo else f"none ({why})"))
     try:
-        ok, out, _, err = _run(h, "release", record=record, plan=plan, facts=False)
+        ok, out, _, err = _run(h, "release", record=record, plan=plan, facts=False, memo=memo)
     except Exception as e:  # noqa: BLE001 - a lost connection: the lock goes stale instead
         ok, out, err = False, {}, str(e)
     if not ok:

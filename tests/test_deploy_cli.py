@@ -32,3 +32,20 @@ def test_runs_in_the_checkout_it_is_called_from(tmp_path):
     (tmp_path / "deploy.py").write_text("")
     (tmp_path / "inventory.py").write_text("")
     assert checkout(tmp_path) == tmp_path
+
+
+def test_full_and_unknown_options_skip_the_memo_but_pass_the_key(tmp_path):
+    """`--full` / WATCHME_FULL=1 and options the memo does not cover always run pyinfra; the
+    pyinfra run still gets the inputs key, so a qualifying run leaves a memo."""
+    from watchme import noop_memo
+    from watchme.deploy import ROOT
+
+    for args, env in ((["-y", "--full"], {}), (["-y"], {noop_memo.FULL_ENV: "1"}),
+                      (["--dry"], {})):
+        env = {"WATCHME_TESTHOST": str(tmp_path / "none.json"), **env}
+        rc, why = noop_memo.fast_path(noop_memo.parse_args(args, env), ROOT, env)
+        assert rc is None and why, args
+        assert len(env[noop_memo.KEY_ENV]) == 64
+    env = {"WATCHME_TESTHOST": str(tmp_path / "none.json")}
+    rc, why = noop_memo.fast_path(noop_memo.parse_args(["-y"], env), ROOT, env)
+    assert rc is None and "no readable test host state" in why

@@ -150,3 +150,76 @@ def test_fact_record_has_every_fact_read_batched_and_live(pf, tmp_path):
     assert rec["version"] == 1 and rec["host"] == "fake:22"
     assert {"command": "echo a", "executor": {"_sudo": True}, "rc": 0, "stdout": ["a"]} in rec["facts"]
     assert {"command": "echo c", "executor": {"_sudo": True}, "rc": 0, "stdout": ["out"]} in rec["facts"]
+
+
+# The no-op memo's answers (watchme/noop_answers.py) ----------------------------------------
+
+def _host_hash(plan: str, commit: str = "c") -> str:
+    from watchme import noop_answers
+    text = "\n".join(host_output(plan)) + "\n"
+    return noop_answers.answers_hash(noop_answers.blocks_from_output(text), commit)
+
+
+def test_memo_answers_hash_as_the_host_check_does(pf, tmp_path):
+    from watchme import noop_answers
+    pf.get_fact(Echo, word="a b")
+    pf.get_fact(Sha1File, path=str(tmp_path / "missing"))
+    nxt = replan(pf)
+    nxt.get_fact(Echo, word="a b")
+    nxt.get_fact(Sha1File, path=str(tmp_path / "missing"))
+    blocks, why = nxt.memo_blocks()
+    assert why == "" and len(blocks) == 2
+    assert noop_answers.answers_hash(blocks, "c") == _host_hash(nxt.plan_text())
+    (tmp_path / "missing").write_text("now here")  # the host changed: the hash follows
+    assert noop_answers.answers_hash(blocks, "c") != _host_hash(nxt.plan_text())
+
+
+def test_no_memo_answers_after_a_change_or_an_unplanned_read(pf):
+    pf.get_fact(Echo, word="a")
+    nxt = replan(pf)
+    nxt.get_fact(Echo, word="a")
+    nxt.run_shell_command(prefetch.StringCommand("touch /etc/x"))
+    assert nxt.memo_blocks() == (None, "a command ran on the host")
+    other = replan(pf)
+    other.get_fact(Echo, word=object())  # arguments no plan can hold: read the stock way
+    assert other.memo_blocks()[0] is None
+
+
+def test_a_changing_run_keeps_the_served_facts_it_did_not_read(pf):
+    pf.get_fact(Echo, word="a")
+    pf.get_fact(Echo, word="b")
+    nxt = replan(pf)
+    nxt.get_fact(Echo, word="a")
+    assert "echo b" not in nxt.plan_text(), "a zero-change run plans what it read"
+    nxt.put_file("local", "/etc/x")
+    assert "echo b" in nxt.plan_text(), "a changing run keeps what the next no-op reads"
+
+
+class Printf(FactBase):
+    def command(self, fmt):
+        return f"printf {shlex.quote(fmt)}"
+
+    def process(self, output):
+        return list(output)
+
+
+@pytest.mark.parametrize("fmt, lines", [("x\\n\\n", ["x", ""]), ("x\\n", ["x"]), ("x", ["x"]),
+                                        ("", []), ("\\n", [""]), ("a\\n\\nb\\n", ["a", "", "b"])])
+def test_planned_answers_keep_every_line_a_live_read_gives(pf, fmt, lines):
+    """The plan keeps a fact's stdout byte for byte: trailing empty lines too (pyinfra's
+    live read splits the output on newlines and keeps them)."""
+    pf.get_fact(Printf, fmt=fmt)
+    out = host_output(pf.plan_text())
+    assert out[1:] == lines
+    nxt = replan(pf)
+    assert nxt.get_fact(Printf, fmt=fmt) == (lines if lines else None)
+
+
+def test_memo_answers_hash_as_the_host_check_does_with_blank_lines(pf):
+    from watchme import noop_answers
+    pf.get_fact(Printf, fmt="x\\n\\n")
+    nxt = replan(pf)
+    nxt.get_fact(Printf, fmt="x\\n\\n")
+    blocks, _ = nxt.memo_blocks()
+    assert blocks[0][2] == ["x", ""]
+    assert noop_answers.answers_hash(blocks, "c") == _host_hash(nxt.plan_text())

@@ -5,6 +5,10 @@ remaining!"; an operator (or CI log) should not have to scroll for the cause. Th
 `pyinfra inventory.py deploy.py` with the given options, passes its output through, and on
 failure ends with one line per failed host: the host, the cause and, where known, the fix.
 
+First it asks the no-op memo (watchme/noop_memo.py): one ssh command per host that proves
+"no change" without pyinfra when the inputs and the host's fact answers are those of a run
+that changed nothing. `--full` (or WATCHME_FULL=1) skips it; a miss runs pyinfra.
+
 It runs in the repository checkout: the current directory when it holds deploy.py and
 inventory.py (a `pipx install .` / `uv tool install .` / `pip install .` copy of the CLI
 has no checkout of its own), else the checkout this module was installed from (`-e`).
@@ -12,6 +16,7 @@ has no checkout of its own), else the checkout this module was installed from (`
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -54,9 +59,17 @@ def main(args: list[str]) -> int:
         print("watchme deploy: no deploy.py and inventory.py here; fix: cd into the "
               "watchme-server-configs checkout and run it again", file=sys.stderr)
         return 2
+    from watchme import noop_memo
+
+    options = noop_memo.parse_args(args)
+    env = dict(os.environ)
+    rc, why = noop_memo.fast_path(options, root, env)
+    if rc is not None:
+        return rc
+    print(f"--> no-op memo: {why}; running pyinfra", file=sys.stderr)
     pyinfra = Path(sys.executable).with_name("pyinfra")
-    cmd = [str(pyinfra), *args, "inventory.py", "deploy.py"]
-    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True)
+    cmd = [str(pyinfra), *options.pyinfra_args, "inventory.py", "deploy.py"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
     captured = []
     assert proc.stderr is not None
     for line in proc.stderr:

@@ -10,6 +10,8 @@ On the host (all root-owned):
                                       the host holds it shared while it runs (0644)
     /var/lib/watchme/last-deploy.json the record of the last deploy that reached its end
     /var/lib/watchme/fact-plan.sh     the fact plan (watchme/prefetch.py), 0600
+    /var/lib/watchme/noop-memo        the no-op memo (watchme/noop_memo.py), 0600: written
+                                      by a release whose run qualifies, removed by any other
 
 The lock is live while its deploy's SSH session process lives *or* while any of its remote
 commands still runs (one holds deploy.work): a long remote step (the Nginx safe cycle, an
@@ -23,6 +25,7 @@ import getpass
 import gzip
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -33,12 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCK_DIR = "/run/watchme"  # tmpfs: a reboot ends every session, so it ends every lock too
 RECORD = "/var/lib/watchme/last-deploy.json"
 PLAN = "/var/lib/watchme/fact-plan.sh"
+MEMO = "/var/lib/watchme/noop-memo"
 WORK = f"{LOCK_DIR}/deploy.work"
-MODES = ("take", "check", "release", "drop", "show", "break")
+MODES = ("take", "check", "release", "drop", "show", "break", "memo")
 FACTS = "@@watchme-facts"  # after this line: the planned facts' answers (watchme/prefetch.py)
 
-# Runs as root. MODE: take | check (a dry run) | release (record + plan) | drop (give the
-# lock back, no record) | show / break (`watchme unlock`). The lock's owner is this SSH
+# Runs as root. MODE: take | check (a dry run) | release (record + plan, and the memo or
+# its removal) | drop (give the lock back, no record) | show / break (`watchme unlock`) |
+# memo (`watchme deploy`'s fast path: take the lock as `take` does, run the plan, check
+# the answers against the memo with CHECK (watchme/noop_answers.py); on a match record the
+# no-op, either way give the lock back). The lock's owner is this SSH
 # connection's sshd session process (`sshd: user@notty`, or `sshd-session` from OpenSSH
 # 9.8 on): the nearest sshd ancestor of this shell. It lives exactly as long as pyinfra's
 # one connection, so a lock whose process is gone (or whose pid now names another process:
@@ -49,6 +56,7 @@ lock={lock_dir}/deploy.lock
 work={work}
 record={record}
 plan={plan}
+memo={memo}
 mkdir -p {lock_dir}
 [ -e "$work" ] || : > "$work"
 chmod 0644 "$work"
@@ -69,15 +77,22 @@ inspect() {{
   if [ "$(starttime "$opid")" = "$ostart" ]; then alive=yes; why=session; fi
   if ! flock -n -x "$work" true; then alive=yes; why=${{why:-work}}; fi
 }}
+# F: one planned fact. Its stdout is kept byte for byte (the "." keeps $(...) from eating
+# trailing newlines), so a served answer has the very lines a live read gives pyinfra.
 F() {{
   rc=0
   if [ "$1" = 1 ] || [ -z "${{SUDO_USER:-}}" ] || [ "$SUDO_USER" = root ]; then
-    out=$(sh -c "$3" </dev/null 2>/dev/null) || rc=$?
+    out=$(sh -c "$3" </dev/null 2>/dev/null; r=$?; echo .; exit $r) || rc=$?
   else
-    out=$(runuser -u "$SUDO_USER" -- sh -c "$3" </dev/null 2>/dev/null) || rc=$?
+    out=$(runuser -u "$SUDO_USER" -- sh -c "$3" </dev/null 2>/dev/null; r=$?; echo .; exit $r) || rc=$?
   fi
+  out=${{out%.}}
   printf '%s %s %s\n' '@@watchme-fact' "$rc" "$2"
-  if [ -n "$out" ]; then printf '%s\n' "$out"; fi
+  if [ -n "$out" ]; then
+    printf '%s' "$out"
+    case "$out" in *"
+") ;; *) echo ;; esac
+  fi
 }}
 if [ "$p" -le 1 ] && [ "$MODE" != show ] && [ "$MODE" != break ]; then echo "status=no-session"; exit 0; fi
 echo "session=$p"
@@ -86,7 +101,8 @@ waited=0
 while :; do
   flock -w 20 9
   inspect
-  if [ "$MODE" = take ] && [ "$alive" = yes ] && [ "$opid" != "$p" ] && [ "$waited" -lt "$WAIT" ]; then
+  if [ "$MODE" = take ] || [ "$MODE" = memo ]; then taking=yes; else taking=no; fi
+  if [ "$taking" = yes ] && [ "$alive" = yes ] && [ "$opid" != "$p" ] && [ "$waited" -lt "$WAIT" ]; then
     flock -u 9; sleep 2; waited=$((waited + 2)); continue
   fi
   break
@@ -95,7 +111,7 @@ echo "waited=$waited"
 case "$MODE" in
 check)
   if [ "$alive" = yes ]; then echo "status=held"; echo "holder=$oholder"; else echo "status=free"; fi ;;
-take)
+take|memo)
   if [ "$alive" = yes ] && [ "$opid" != "$p" ]; then
     echo "status=held"; echo "holder=$oholder"; echo "holder_pid=$opid"; echo "alive=$why"; exit 0
   fi
@@ -109,6 +125,11 @@ release)
   mv "$record.new" "$record"
   if [ -n "$PLAN" ]; then
     (umask 077; printf '%s' "$PLAN" | base64 -d | gzip -dc > "$plan.new" && mv "$plan.new" "$plan")
+  fi
+  if [ -n "$MEMO" ]; then
+    (umask 077; printf '%s\n' "$MEMO" > "$memo.new" && mv "$memo.new" "$memo")
+  else
+    rm -f "$memo"
   fi
   if [ "$opid" = "$p" ]; then rm -f "$lock"; echo "status=released"; else echo "status=not-ours"; fi ;;
 drop)
@@ -125,6 +146,35 @@ if [ "$MODE" = take ] || [ "$MODE" = check ]; then
   echo "{facts}"
   if [ "$FACTS" = 1 ] && [ -f "$plan" ]; then . "$plan"; fi
 fi
+if [ "$MODE" = memo ]; then
+  mout=$(mktemp "{lock_dir}/memo.XXXXXX")
+  if ! grep -qF "\"key\": \"$KEY\"" "$memo" 2>/dev/null; then
+    verdict="memo=miss the inputs differ from the memoized run's (or no memo)"
+  else
+    if [ -f "$plan" ]; then . "$plan" > "$mout"; fi
+    verdict=$(python3 -c "$CHECK" "$memo" "$record" "$KEY" "$mout" 2>/dev/null) ||
+      verdict="memo=miss the host's python3 could not check the memo"
+  fi
+  echo "$verdict"
+  exec 9>"$lock.guard"
+  flock -w 20 9
+  inspect
+  case "$verdict" in
+  "memo=hit "*)
+    if [ "$opid" = "$p" ]; then
+      printf '%s\n' "$RECORD" > "$record.new"
+      mv "$record.new" "$record"
+    fi ;;
+  esac
+  if [ "$opid" = "$p" ]; then rm -f "$lock"; echo "status=released"; else echo "status=not-ours"; fi
+  exec 9>&-
+  if [ "$FACTS" = 1 ] && [ "${{verdict#memo=hit }}" != "$verdict" ]; then
+    echo "{facts}"
+    {{ cat "$plan" 2>/dev/null || true; echo "{facts}"; cat "$mout"; }} | gzip -c | base64 | tr -d '\n'
+    echo
+  fi
+  rm -f "$mout"
+fi
 """
 
 # The first command of a deploy, as the login user: the lock script with sudo, in the same
@@ -135,15 +185,22 @@ OPENING = ('if [ "$(id -u)" = 0 ]; then exec sh -c {s}; '
 
 
 def script(mode: str, holder: dict | None = None, record: dict | None = None,
-           plan: str = "", wait: int = 0, facts: bool = True, force: bool = False) -> str:
-    """The remote shell text for one mode (run as root; values are shell-quoted)."""
+           plan: str = "", wait: int = 0, facts: bool = True, force: bool = False,
+           memo: dict | None = None, key: str = "", check: str = "") -> str:
+    """The remote shell text for one mode (run as root; values are shell-quoted).
+
+    memo: what `release` writes to the memo file (None: it removes the file). key, check:
+    mode memo's inputs key and the checker's source (watchme/noop_answers.py); facts=True
+    there sends the plan and its answers back, packed (for the fact record)."""
     assert mode in MODES, mode
     packed = base64.b64encode(gzip.compress(plan.encode(), mtime=0)).decode() if plan else ""
     head = (f"MODE={mode}; HOLDER={shlex.quote(json.dumps(holder or {}))}; "
             f"RECORD={shlex.quote(json.dumps(record or {}))}; PLAN={shlex.quote(packed)}; "
-            f"WAIT={int(wait)}; FACTS={int(facts)}; FORCE={int(force)}; ")
+            f"WAIT={int(wait)}; FACTS={int(facts)}; FORCE={int(force)}; "
+            f"MEMO={shlex.quote(json.dumps(memo, sort_keys=True) if memo else '')}; "
+            f"KEY={shlex.quote(key)}; CHECK={shlex.quote(check)}; ")
     return head + SCRIPT.format(lock_dir=LOCK_DIR, work=WORK, record=RECORD, plan=PLAN,
-                                facts=FACTS)
+                                memo=MEMO, facts=FACTS)
 
 
 def opening(mode: str, **kw) -> str:
@@ -190,6 +247,11 @@ def parse(lines: list[str]) -> dict:
                 value = {"raw": value}
         out[key] = value
     return out
+
+
+def safe_name(name: str) -> str:
+    """A host name as a local file name (every character but A-Z a-z 0-9 . - becomes _)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", name)
 
 
 def now() -> str:

@@ -25,6 +25,14 @@ the lock's round trip; a deploy that changes things is never served a stale answ
 that failed, one the plan does not know yet, or one with connector arguments other than
 `_sudo` (a `_sudo_user`, an `_env`, ...) is read the stock way.
 
+The no-op memo (watchme/noop_memo.py): `memo_blocks()` gives the plan this run writes with the
+answer this run used for each of its facts, when that is the whole truth: nothing ran on
+the host, every fact the run read is in the plan, and each was read once in effect (served,
+or read live and kept). tasks/lock.py hashes them (watchme/noop_answers.py) into the memo
+of a zero-change run; the memo's check hashes the next plan's output the same way. So the
+first no-op after a converge, which reads the facts the converge could not plan (a file
+that did not exist had no sha256 to read) live, already writes a complete plan and a memo.
+
 Fact record (for the offline PR preview): when WATCHME_RECORD_DIR is set, the run writes
 `<dir>/<safe host name>.facts.json` (safe: every character but A-Z a-z 0-9 . - becomes _):
 
@@ -49,7 +57,6 @@ import hashlib
 import importlib
 import json
 import os
-import re
 import shlex
 from pathlib import Path
 
@@ -59,6 +66,8 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 # Private helpers of pyinfra 3.10 (pinned): we must build the very command pyinfra would.
 from pyinfra.api.facts import _MISSING_COMMAND_MARKER as MISSING, _handle_fact_kwargs, _make_command
 from pyinfra.context import ctx_host, ctx_state
+
+from watchme import lock as wl
 
 PLAN = "/var/lib/watchme/fact-plan.sh"
 MARK = "@@watchme-fact"
@@ -103,8 +112,7 @@ def runnable(executor: dict) -> bool:
     return all(not executor.get(k) or executor.get(k) == d for k, d in _DEFAULTS.items())
 
 
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]", "_", name)
+safe_name = wl.safe_name  # the record files' names (watchme/lock.py)
 
 
 class Prefetch:
@@ -116,6 +124,8 @@ class Prefetch:
         self.served = 0
         self.generation = 0  # counts changes: a live answer read across one is not kept
         self.record: dict[str, dict] = {}  # (command, executor) -> what the host answered
+        self.unplanned: list[str] = []  # facts read the stock way, outside any plan
+        self.previous: dict[str, list] = {}  # the served plan's facts (kept by a changing run)
         self._capture: list | None = None
         self.wrap = None  # set by tasks/lock.py: wraps each changing command (lock holding)
 
@@ -124,6 +134,7 @@ class Prefetch:
         if isinstance(cls, type) and issubclass(cls, ShortFactBase):
             return cls().process_data(self.get_fact(cls.fact, *args, **kwargs))  # as pyinfra
         if not isinstance(cls, type) or not issubclass(cls, FactBase):
+            self.unplanned.append(repr(cls))
             return self._orig_get_fact(cls, *args, **kwargs)
         fact_kwargs, global_kwargs = _handle_fact_kwargs(self.state, self.host, cls, args, kwargs)
         fact_kwargs = {k: v for k, v in fact_kwargs.items() if k != "self"}  # getcallargs adds it
@@ -133,6 +144,7 @@ class Prefetch:
             entry = [cls.__module__, cls.__qualname__, json.loads(json.dumps(fact_kwargs)), executor]
             json.dumps(entry)
         except (TypeError, ValueError):
+            self.unplanned.append(cls.__qualname__)
             return self._orig_get_fact(cls, *args, **kwargs)  # arguments we cannot record
         self.seen.setdefault(key, entry)
         if key in self.answers:
@@ -178,22 +190,55 @@ class Prefetch:
         self.generation += 1
 
     # -- the plan on the host ------------------------------------------------------------
-    def plan_text(self) -> str:
-        """The plan file: exactly what this run read (facts no longer used drop out)."""
-        lines = [PLAN_HEADER]
-        for module, qualname, fact_kwargs, executor in self.seen.values():
+    def _planned(self) -> tuple[list[tuple[str, int, str, dict]], list[str]]:
+        """([(identity, sudo, command, executor)] in reading order, [facts left out]).
+
+        A run that changed the host also keeps the facts of the plan it was served but did
+        not read: it took other paths (a file it created has no checksum to read yet), and
+        the next no-op, back on the no-op paths, reads them (the first no-op after a repair
+        is then served all its facts). A zero-change run plans exactly what it read."""
+        entries, left_out = [], []
+        facts = list(self.seen.values())
+        if self.generation:
+            facts += [entry for key, entry in self.previous.items() if key not in self.seen]
+        for module, qualname, fact_kwargs, executor in facts:
             cls = self._resolve(module, qualname)
             if cls is None or cls.shell_executable or not runnable(executor):
+                left_out.append(qualname)
                 continue
             try:
                 command = _fact_command(cls(), fact_kwargs)
             except Exception:  # noqa: BLE001 - a fact we cannot rebuild: read live next time
+                left_out.append(qualname)
                 continue
             identity = json.dumps({"fact": [module, qualname, fact_kwargs, executor],
                                    "sha": _sha(command)}, sort_keys=True)
-            sudo = 1 if executor.get("_sudo") else 0
-            lines.append(f"F {sudo} {shlex.quote(identity)} {shlex.quote(command)}\n")
-        return "".join(lines)
+            entries.append((identity, 1 if executor.get("_sudo") else 0, command, executor))
+        return entries, left_out
+
+    def plan_text(self) -> str:
+        """The plan file: exactly what this run read (facts no longer used drop out)."""
+        entries, _ = self._planned()
+        return PLAN_HEADER + "".join(f"F {sudo} {shlex.quote(identity)} {shlex.quote(command)}\n"
+                                     for identity, sudo, command, _ in entries)
+
+    def memo_blocks(self) -> tuple[list[tuple[int, str, list[str]]] | None, str]:
+        """The plan this run writes, each fact with the answer this run used, as answer
+        blocks for watchme/noop_answers.py; (None, why) when that is not the whole truth."""
+        if self.unplanned:
+            return None, f"read {self.unplanned[0]} outside the fact plan"
+        if self.generation:
+            return None, "a command ran on the host"
+        entries, left_out = self._planned()
+        if left_out:
+            return None, f"the fact plan cannot hold {left_out[0]}"
+        blocks = []
+        for identity, _, command, executor in entries:
+            answer = self.record.get(json.dumps([command, executor], sort_keys=True, default=str))
+            if answer is None:
+                return None, f"no recorded answer for {identity}"
+            blocks.append((answer["rc"], identity, list(answer["stdout"])))
+        return blocks, ""
 
     @staticmethod
     def _resolve(module: str, qualname: str):
@@ -231,6 +276,8 @@ class Prefetch:
             if _sha(command) != ident.get("sha"):
                 continue  # this checkout builds another command: the answer is not its own
             self._remember(command, executor, 0 if rc == 0 else 1, out)
+            self.previous.setdefault(_key(cls, fact_kwargs, executor),
+                                     [module, qualname, fact_kwargs, executor])
             if rc != 0 or out == [MISSING]:
                 continue  # pyinfra has its own handling for these: let it read live
             try:

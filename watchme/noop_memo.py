@@ -1,0 +1,434 @@
+"""The no-op memo: `watchme deploy` answers "no change" in one SSH command, provably.
+
+pyinfra's deploy is a deterministic function of its inputs and of the fact answers it
+reads. A run that changed nothing, ran nothing on the host and read only facts its fact
+plan holds (tasks/lock.py decides) leaves a memo on the host:
+
+    /var/lib/watchme/noop-memo   root 0600, JSON: {"key", "answers", "commit", "facts",
+                                 "operations", "warnings"} (facts: a short hash per fact, so a
+                                 miss names the fact whose answer changed)
+
+key: the inputs key of this checkout and command line for that host (inputs_key, host_key);
+answers: the hash of the answers the run used (watchme/noop_answers.py). The next
+`watchme deploy` with the same inputs sends ONE ssh command per host (OpenSSH, the deploy's
+host key checking, known_hosts, key and port) that takes the deploy lock exactly as the
+deploy does (lock_wait_seconds honoured), runs the host's fact plan, hashes the answers and
+compares: same inputs and same answers mean pyinfra would change nothing again. On a match
+the host records the no-op (last-deploy.json, "memo": true) and gives the lock back, and
+`watchme deploy` prints "no change (memo: <host>)" (with --json: pyinfra's --json shape of
+a zero-change run, from the memo's operations) and the memoized run's warnings again.
+Anything else (a miss, no memo, no sudo, an SSH failure, an option the fast path does not
+know) runs pyinfra as before, which writes a new memo when its run qualifies.
+
+The inputs key covers every local thing that can change the deploy: deploy.py,
+inventory.py, pyproject.toml, tasks/, watchme/, files/, templates/, group_data/, the
+registry (WATCHME_REGISTRY), the installed versions of the deploy's libraries and Python,
+every WATCHME_* variable but those that only say how to reach the host or steer this
+command (STEERING_ENV), the files the inventory reads through them (the test host state,
+the ssh config), the pyinfra options that
+change the deploy (--data, --limit; lock_wait_seconds only sets how long to wait, and the
+fast path honours it itself) and the commit (the deploy records it; allow_older decides on
+it). Nothing of the deploy depends on the date or time (tasks/ and watchme/ audited: no
+renewal window, no time-based decision), so the key holds no day.
+
+`--full` (or WATCHME_FULL=1) always runs pyinfra. No pyinfra, pydantic or jinja2 is
+imported on the fast path (tests/test_noop_memo.py checks with -X importtime).
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import gzip
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchme import lock as wl
+from watchme.targets import DEFAULT_TESTHOST, ENTRY_RE, IP_RE
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY_ENV = "WATCHME_MEMO_KEY"  # set by `watchme deploy` for the pyinfra run it starts
+FULL_ENV = "WATCHME_FULL"
+# How to reach and authenticate the host, where records go: never what is deployed. (Were
+# the key and known_hosts paths inputs, CI's and a laptop's memos would never match.)
+STEERING_ENV = {KEY_ENV, FULL_ENV, "WATCHME_RECORD_DIR", "WATCHME_SSH_KEY", "WATCHME_KNOWN_HOSTS"}
+INPUT_FILES = ("deploy.py", "inventory.py", "pyproject.toml")
+INPUT_DIRS = ("tasks", "watchme", "files", "templates", "group_data")
+LIBRARIES = ("pyinfra", "paramiko", "jinja2", "pyyaml", "pydantic", "crossplane", "ruamel.yaml")
+# pyinfra options the fast path understands; any other one runs pyinfra.
+FLAGS = {"-y", "--yes", "--json", "-v", "-vv", "-vvv", "--debug"}
+VALUED = {"--data", "--limit"}
+NOT_INPUT_DATA = {"lock_wait_seconds"}  # how long to wait for the lock, not what is deployed
+
+
+@dataclass
+class Options:
+    json: bool = False
+    data: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)
+    full: bool = False
+    fast: bool = True  # False: an option the fast path does not know (or --dry)
+    pyinfra_args: list[str] = field(default_factory=list)
+
+
+def parse_args(args: list[str], env: dict | None = None) -> Options:
+    env = os.environ if env is None else env
+    o = Options(full=env.get(FULL_ENV, "") not in ("", "0"))
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name, eq, inline = a.partition("=")
+        if a == "--full":
+            o.full = True
+        elif a in FLAGS:
+            o.json = o.json or a == "--json"
+            o.pyinfra_args.append(a)
+        elif name in VALUED and (eq or i + 1 < len(args)):
+            value = inline if eq else args[i + 1]
+            i += 0 if eq else 1
+            (o.data if name == "--data" else o.limits).append(value)
+            o.pyinfra_args += [name, value]
+        else:
+            o.fast = False
+            o.pyinfra_args.append(a)
+        i += 1
+    return o
+
+
+def _files(root: Path) -> list[Path]:
+    found = [root / f for f in INPUT_FILES]
+    for d in INPUT_DIRS:
+        found += [p for p in (root / d).rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    return sorted(found)
+
+
+def _versions() -> dict[str, str]:
+    """Installed distribution -> version, from the dist-info names on sys.path (importlib's
+    metadata costs 35 ms of imports; this reads a few directory listings)."""
+    found: dict[str, str] = {}
+    for folder in sys.path:
+        try:
+            names = os.listdir(folder or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".dist-info") and "-" in name:
+                dist, _, version = name[:-len(".dist-info")].rpartition("-")
+                found.setdefault(re.sub(r"[-_.]+", "_", dist).lower(), version)
+    return found
+
+
+def _file_digest(path: str | Path) -> str:
+    try:
+        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    except OSError:
+        return "-"
+
+
+def inputs_key(root: Path, env: dict, options: Options, commit: str) -> str:
+    """sha256 over everything local that can change the deploy (module docstring)."""
+    h = hashlib.sha256()
+
+    def add(*parts: str) -> None:
+        for part in parts:
+            h.update(part.encode("utf-8", "surrogateescape") + b"\0")
+
+    add("watchme noop memo v1", commit, sys.version)
+    for path in _files(root):
+        add(str(path.relative_to(root)), hashlib.sha256(path.read_bytes()).hexdigest())
+    versions = _versions()
+    for dist in LIBRARIES:
+        add(dist, versions.get(re.sub(r"[-_.]+", "_", dist).lower(), "-"))
+    for k in sorted(env):
+        if k.startswith("WATCHME_") and k not in STEERING_ENV:
+            add("env", k, env[k])
+    registry = env.get("WATCHME_REGISTRY")
+    add("registry", _file_digest(registry) if registry else "default")
+    add("testhost", _file_digest(env.get("WATCHME_TESTHOST") or DEFAULT_TESTHOST))
+    config = env.get("WATCHME_SSH_CONFIG") or str(Path.home() / ".ssh" / "config")
+    add("ssh config", _file_digest(config))
+    for item in options.data:
+        if item.partition("=")[0].strip() not in NOT_INPUT_DATA:
+            add("data", item)
+    for item in options.limits:
+        add("limit", item)
+    return h.hexdigest()
+
+
+def host_key(key: str, name: str) -> str:
+    """The memo key of one inventory host (tasks/lock.py computes the same)."""
+    return hashlib.sha256(f"{key}\0{name}".encode()).hexdigest()
+
+
+# -- the targets, as inventory.py would list them, without pyinfra -----------------------
+
+@dataclass
+class Target:
+    name: str
+    group: str
+    ssh: list[str]  # the OpenSSH command up to (and with) the destination
+
+
+class NoFastPath(Exception):
+    """The fast path cannot stand in for pyinfra here; the message says why."""
+
+
+def _ssh_base(known_hosts: str | None, key: str | None, config: str | None) -> list[str]:
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+           "-o", "ConnectTimeout=15", "-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    if config:
+        cmd += ["-F", str(Path(config).expanduser())]
+    if known_hosts:
+        cmd += ["-o", f"UserKnownHostsFile={Path(known_hosts).expanduser()}"]
+    if key:
+        cmd += ["-i", str(Path(key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    return cmd
+
+
+def _config_sets_user(base: list[str], alias: str) -> bool:
+    """Whether the ssh config names a User for this alias (else pyinfra's default user)."""
+    def user(cmd: list[str]) -> str:
+        out = subprocess.run([*cmd, "-G", alias], capture_output=True, text=True, timeout=10)
+        return next((l.split(" ", 1)[1] for l in out.stdout.splitlines()
+                     if l.startswith("user ")), "")
+    bare = [c for c in base if c != "-F"]
+    if "-F" in base:
+        bare.remove(base[base.index("-F") + 1])
+    return user(base) != user([*bare, "-F", "/dev/null"])
+
+
+def targets(env: dict) -> list[Target]:
+    """The inventory's hosts (watchme/targets.py's rules) with their OpenSSH commands."""
+    if env.get("WATCHME_REPLAY_DIR"):
+        raise NoFastPath("an offline preview (WATCHME_REPLAY_DIR)")
+    spec = env.get("WATCHME_HOSTS", "")
+    if not spec.strip():
+        path = Path(env.get("WATCHME_TESTHOST") or DEFAULT_TESTHOST)
+        try:
+            h = json.loads(path.read_text())
+            base = _ssh_base(h["known_hosts"], h["key"], None)
+            return [Target(f"127.0.0.1:{h['port']}", "testhost",
+                           [*base, "-p", str(int(h["port"])), "-l", h["user"], "127.0.0.1"])]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise NoFastPath(f"no readable test host state ({e})") from e
+    base = _ssh_base(env.get("WATCHME_KNOWN_HOSTS"), env.get("WATCHME_SSH_KEY"),
+                     env.get("WATCHME_SSH_CONFIG"))
+    out: list[Target] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        m = ENTRY_RE.match(item)
+        if not m:
+            raise NoFastPath(f"WATCHME_HOSTS entry {item!r} is not valid")
+        address = m["host"].strip("[]")
+        name = m["name"] or (f"{address}:{m['port']}" if m["port"] else address)
+        cmd = list(base)
+        if m["port"]:
+            cmd += ["-p", m["port"]]
+        if m["user"]:
+            cmd += ["-l", m["user"]]
+        elif m["host"].startswith("[") or IP_RE.search(address) or \
+                not _config_sets_user(base, address):
+            cmd += ["-l", env.get("WATCHME_SSH_USER") or "ubuntu"]
+        # A name that is no address is resolved by OpenSSH's own config, as pyinfra does.
+        out.append(Target(name, "production", [*cmd, address]))
+    if not out:
+        raise NoFastPath("WATCHME_HOSTS names no host")
+    return out
+
+
+def limited(hosts: list[Target], limits: list[str]) -> list[Target]:
+    """pyinfra's --limit: host names or group names, glob patterns, comma lists."""
+    if not limits:
+        return hosts
+    patterns = [p.strip() for item in limits for p in item.split(",") if p.strip()]
+    return [t for t in hosts if any(fnmatch.fnmatch(t.name, p) or fnmatch.fnmatch(t.group, p)
+                                    for p in patterns)]
+
+
+def lock_wait(options: Options, root: Path) -> int:
+    """lock_wait_seconds as the deploy reads it: --data, else group_data (a plain int)."""
+    for item in reversed(options.data):
+        k, _, v = item.partition("=")
+        if k.strip() == "lock_wait_seconds":
+            if not v.strip().isdigit():
+                raise NoFastPath(f"--data lock_wait_seconds={v!r} is no plain number")
+            return int(v)
+    found = None
+    for name in ("all.py", "production.py", "testhost.py"):
+        path = root / "group_data" / name
+        text = path.read_text() if path.is_file() else ""
+        m = re.search(r"^lock_wait_seconds\s*=\s*(\S+)", text, re.M)
+        if m and name != "all.py":
+            raise NoFastPath(f"group_data/{name} sets lock_wait_seconds per group")
+        if m:
+            if not m[1].isdigit():
+                raise NoFastPath("group_data/all.py: lock_wait_seconds is no plain number")
+            found = int(m[1])
+    return found or 0
+
+
+# -- one host: the memo check -------------------------------------------------------------
+
+@dataclass
+class Answer:
+    target: Target
+    status: str  # hit | miss | held | error
+    why: str = ""
+    memo: dict = field(default_factory=dict)
+    lock: dict = field(default_factory=dict)
+    facts_blob: str = ""
+    record: dict = field(default_factory=dict)
+
+
+def check(target: Target, key: str, holder: dict, wait: int, want_facts: bool) -> Answer:
+    record = {"status": "ok", "started": holder["since"], "finished": holder["since"],
+              "by": holder["by"], "commit": holder["commit"], "changed": 0,
+              "changed_operations": [], "memo": True}
+    source = (Path(__file__).with_name("noop_answers.py")).read_text()
+    command = wl.opening("memo", holder=holder, record=record, wait=wait, facts=want_facts,
+                         key=host_key(key, target.name), check=source)
+    try:
+        p = subprocess.run([*target.ssh, command], capture_output=True, text=True,
+                           timeout=wait + 600)
+    except (OSError, subprocess.SubprocessError) as e:
+        return Answer(target, "error", f"ssh: {e}")
+    lines = p.stdout.splitlines()
+    lock_lines, rest = wl.split(lines)
+    out = wl.parse(lock_lines)
+    answer = Answer(target, "miss", lock=out, record=record,
+                    facts_blob=rest[0] if rest else "")
+    verdict = out.get("memo", "")
+    if out.get("status") == "held":
+        answer.status, answer.why = "held", "the deploy lock is held"
+    elif p.returncode != 0 or not verdict:
+        answer.status = "error"
+        answer.why = (p.stderr.strip().splitlines() or [f"ssh exit {p.returncode}"])[-1] \
+            if p.returncode != 0 else f"status={out.get('status', '?')}"
+    elif verdict.startswith("hit "):
+        try:
+            answer.memo = json.loads(verdict[4:])
+            answer.status = "hit"
+        except ValueError:
+            answer.why = "unreadable memo"
+    else:
+        answer.why = verdict.removeprefix("miss ")
+    return answer
+
+
+def fact_record(name: str, blob: str) -> dict:
+    """The fact record (watchme/prefetch.py's format) from the memo check's packed output."""
+    text = gzip.decompress(base64.b64decode(blob)).decode("utf-8", "surrogateescape")
+    plan_text, _, output = text.partition(wl.FACTS + "\n")
+    from watchme.noop_answers import blocks_from_output
+    answers = {identity: (rc, lines) for rc, identity, lines in blocks_from_output(output)}
+    facts = []
+    body = plan_text.split("\n", 1)[1] if plan_text.startswith("#") else plan_text  # header
+    words = shlex.split(body)  # a quoted command may span lines (and hold # lines)
+    for i in range(0, len(words) - 3, 4):
+        _, _, identity, command = words[i:i + 4]
+        if identity in answers:
+            rc, out = answers[identity]
+            facts.append({"command": command, "executor": json.loads(identity)["fact"][3],
+                          "rc": rc, "stdout": out})
+    return {"version": 1, "host": name, "facts": facts}
+
+
+# -- the command ---------------------------------------------------------------------------
+
+def run_json(answers: list[Answer]) -> dict:
+    """pyinfra --json's shape for a run in which no host changed anything."""
+    plan: dict[str, dict] = {}
+    hosts: dict[str, list[str]] = {}
+    for a in answers:
+        for op in a.memo.get("operations", []):
+            plan.setdefault(op["op_hash"], op)
+            hosts.setdefault(op["op_hash"], []).append(a.target.name)
+    operations = [{**op, "hosts": len(hosts[h]), "success": [], "error": [],
+                   "no_change": sorted(hosts[h])} for h, op in plan.items()]
+    n = sum(len(v) for v in hosts.values())
+    return {"plan": [{**op, "hosts_with_change": [], "hosts_with_conditional_change": []}
+                     for op in plan.values()],
+            "results": {"operations": operations,
+                        "totals": {"hosts": n, "success": 0, "error": 0, "no_change": n},
+                        "failed_hosts": []}}
+
+
+def _save_records(answers: list[Answer], directory: str) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for a in answers:
+        name = wl.safe_name(a.target.name)
+        last = a.record if a.status == "hit" else a.lock.get("record")
+        lock = a.lock.get("holder") if a.status == "held" else None
+        (Path(directory) / f"{name}.json").write_text(json.dumps(
+            {"host": a.target.name, "last_deploy": last, "lock": lock}, indent=2) + "\n")
+        if a.status == "hit" and a.facts_blob:
+            (Path(directory) / f"{name}.facts.json").write_text(
+                json.dumps(fact_record(a.target.name, a.facts_blob), indent=1) + "\n")
+
+
+def _lock_notes(a: Answer, wait: int) -> None:
+    prefix = f"    [{a.target.name}] "
+    if a.lock.get("stale"):
+        print(f"{prefix}took over the deploy lock left by "
+              f"{wl.describe_holder(a.lock['stale'])}: its SSH session had ended", file=sys.stderr)
+    if a.status == "held":
+        what = ("its remote work is still running" if a.lock.get("alive") == "work"
+                else f"its SSH session, pid {a.lock.get('holder_pid')}, is alive")
+        waited = f" (waited {a.lock.get('waited')} s)" if wait else ""
+        print(f"{prefix}another deploy holds the lock: {wl.describe_holder(a.lock.get('holder'))}"
+              f"; {what}{waited}; fix: wait for it to end, raise lock_wait_seconds, or "
+              "`watchme unlock` if it is stale", file=sys.stderr)
+
+
+def fast_path(options: Options, root: Path, env: dict) -> tuple[int | None, str]:
+    """(exit code, "") when the memo answered for every host; (None, why) to run pyinfra.
+
+    The inputs key is returned in env[KEY_ENV] either way (for pyinfra to write the memo)."""
+    holder = wl.holder(env)
+    env[KEY_ENV] = inputs_key(root, env, options, holder["commit"])
+    if options.full:
+        return None, "--full"
+    if not options.fast:
+        return None, "an option the memo does not cover"
+    try:
+        hosts = limited(targets(env), options.limits)
+        wait = lock_wait(options, root)
+    except NoFastPath as e:
+        return None, str(e)
+    if not hosts:
+        return None, "--limit matches no host the memo knows"
+    want_facts = bool(env.get("WATCHME_RECORD_DIR"))
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        answers = list(pool.map(lambda t: check(t, env[KEY_ENV], holder, wait, want_facts),
+                                hosts))
+    for a in answers:
+        _lock_notes(a, wait)
+    if env.get("WATCHME_RECORD_DIR"):
+        _save_records(answers, env["WATCHME_RECORD_DIR"])
+    held = [a for a in answers if a.status == "held"]
+    others = [a for a in answers if a.status not in ("hit", "held")]
+    if others:
+        return None, "; ".join(f"{a.target.name}: {a.why}" for a in others)
+    if held:
+        print("--> pyinfra error: the deploy lock is held on "
+              + ", ".join(a.target.name for a in held), file=sys.stderr)
+        return 1, ""
+    for a in answers:
+        for level, message in a.memo.get("warnings") or []:
+            print(f"    [{a.target.name}] {message}", file=sys.stderr)
+    human = sys.stderr if options.json else sys.stdout
+    for a in answers:
+        print(f"no change (memo: {a.target.name})", file=human)
+    if options.json:
+        print(json.dumps(run_json(answers)))
+    return 0, ""
