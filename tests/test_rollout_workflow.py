@@ -32,7 +32,7 @@ def test_rollout_mode_is_a_step_of_the_main_only_production_job():
     assert '.venv/bin/watchme rollout "$SERVICE" ${IMAGE:+--image "$IMAGE"} --json' in roll["run"]
     assert "--data lock_wait_seconds=600" in roll["run"]
     # a rollout neither deploys nor replaces the fact records of the last deploy
-    assert steps["Deploy (pyinfra --json -y) and summarise"]["if"] == "inputs.service == ''"
+    assert steps["Deploy (watchme deploy --json -y) and summarise"]["if"] == "inputs.service == ''"
     assert steps["Keep the recorded facts for pull-request previews"]["if"] == "inputs.service == ''"
     # the ref check and the key step run in both modes
     assert "if" not in steps["Refuse any ref but main"]
@@ -45,7 +45,7 @@ def test_an_unknown_service_is_refused_on_the_host_untouched(testhost, host, tmp
                                   inputs={"service": "nope"})
     assert rc == 2, output[-3000:]
     assert "no service 'nope' in the registry" in output
-    assert "## Deploy (pyinfra" not in output  # the deploy step did not run
+    assert "## Deploy (watchme deploy" not in output  # the deploy step did not run
     assert "### Rollout of nope to production" in summary
     assert host.run("ls -A /var/lib/watchme 2>/dev/null; ls /opt/watchme 2>/dev/null").stdout == before
 
@@ -55,6 +55,6 @@ def test_an_image_reference_never_reaches_a_shell(testhost, host, tmp_path):
     rc, output, _ = run_job("deploy.yml", "deploy", _secrets(testhost), tmp_path,
                             inputs={"service": "nope", "image": f"x$(touch {canary})"})
     assert rc == 2, output[-3000:]
-    assert "rollout:" in output and "## Deploy (pyinfra" not in output
+    assert "rollout:" in output and "## Deploy (watchme deploy" not in output
     assert host.run(f"test -e {canary}").rc == 1
     assert not (tmp_path / "runner").joinpath(canary.lstrip("/")).exists()

@@ -186,7 +186,7 @@ def test_deploys_only_from_main_through_the_production_environment():
     assert first["env"] == {"REF": "${{ github.ref }}"} and "refs/heads/main" in first["run"]
     inputs = (wf[True].get("workflow_dispatch") or {}).get("inputs") or {}
     assert set(inputs) == {"service", "image"}, "rollout mode only: no ref/branch inputs"
-    deploy = next(s for s in job["steps"] if "pyinfra --json -y" in s.get("run", ""))
+    deploy = next(s for s in job["steps"] if "watchme deploy --json -y" in s.get("run", ""))
     assert "--data lock_wait_seconds=600" in deploy["run"]
     upload = next(s for s in job["steps"] if "upload-artifact" in s.get("uses", ""))
     assert upload["with"]["name"] == "fact-records"
