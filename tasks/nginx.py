@@ -43,11 +43,8 @@ def apply() -> None:
         logger.warning(f"{host.print_prefix}nginx: {names} unreachable: the site is left as it is "
                        f"(its routes keep their targets); rerun when {names} answers")
         return
-    site_dir = f"{d.config_root}/nginx"
-    live = f"{site_dir}/{d.server_name}"
-    backups = f"{site_dir}/backups"
-    state_dir = d.get("state_dir", "/var/lib/watchme")
-    script = f"{d.config_root}/scripts/nginx-safe-apply"
+    paths = nginx.site_paths(d)
+    live, backups, state_dir, script = paths["live"], paths["backups"], paths["state_dir"], paths["script"]
     if d.get("nginx_layout", "sites") == "conf.d":
         # nginx.org's package has no sites-enabled/: its nginx.conf includes conf.d/*.conf.
         links = [f"/etc/nginx/conf.d/{d.server_name}.conf"]

@@ -18,9 +18,9 @@ from pyinfra.operations import server
 
 from watchme import bundle, placement
 from watchme.certificate import MissingFiles
+from watchme.nginx import ACME_ROOT
 from watchme.units import units_enabled
 
-ACME_ROOT = "/var/www/letsencrypt"
 HOOK = "/etc/letsencrypt/renewal-hooks/deploy/watchme-nginx-reload"
 _PATH = re.compile(r"/[A-Za-z0-9._/-]+")
 

@@ -171,7 +171,7 @@ def test_no_leftover_is_a_noop():
 def test_the_upstream_override_changes_only_that_proxy_pass():
     other = APP.model_copy(update={"name": "dyn", "container": "watchme-dyn", "port": 8041,
                                    "public_path": "/dyn/"})
-    tls = {"certificate": "/c.pem", "key": "/k.pem", "acme_root": rollout_site.ACME_ROOT,
+    tls = {"certificate": "/c.pem", "key": "/k.pem", "acme_root": nginx.ACME_ROOT,
            "http2": "listen"}
     base = nginx.render_site("api.hey-watch.me", [APP, other], "/b", tls)
     moved = nginx.render_site("api.hey-watch.me", [APP, other], "/b", tls,
@@ -185,7 +185,7 @@ def test_the_upstream_override_changes_only_that_proxy_pass():
 
 
 def test_the_rollout_renders_tls_as_the_deploy():
-    assert rollout_site.ACME_ROOT == tls_task.ACME_ROOT
+    assert tls_task.ACME_ROOT is nginx.ACME_ROOT  # one definition, in watchme/nginx.py
 
 
 # --- candidate or in place -------------------------------------------------------------------

@@ -28,6 +28,18 @@ TEMPLATE = ROOT / "templates" / "nginx-site.conf.j2"
 ACME_PATH = "/.well-known/acme-challenge/"
 
 
+ACME_ROOT = "/var/www/letsencrypt"  # certbot's webroot (tasks/tls.py), served by the site's :80
+
+
+def site_paths(data) -> dict:
+    """Where the deploy keeps the site and its safe cycle: tasks/nginx.py and a rollout's
+    switch (watchme/rollout_site.py) use the same paths."""
+    site_dir = f"{data.config_root}/nginx"
+    return {"live": f"{site_dir}/{data.server_name}", "backups": f"{site_dir}/backups",
+            "state_dir": data.get("state_dir", "/var/lib/watchme"),
+            "script": f"{data.config_root}/scripts/nginx-safe-apply"}
+
+
 def http2_style(version: tuple[int, ...] | None) -> str | None:
     """How this Nginx turns on HTTP/2: `http2 on;` from 1.25.1, the listen flag before
     (bookworm's 1.22), none when the version is unknown (HTTP/1.1 still works)."""

@@ -17,15 +17,7 @@ import shlex
 
 from watchme import nginx, placement, settings
 
-ACME_ROOT = "/var/www/letsencrypt"  # the same as tasks/tls.py ACME_ROOT (checked by a unit test)
 
-
-def paths(data) -> dict:
-    """Where the deploy keeps the site and its cycle (tasks/nginx.py)."""
-    site_dir = f"{data.config_root}/nginx"
-    return {"live": f"{site_dir}/{data.server_name}", "backups": f"{site_dir}/backups",
-            "state_dir": data.get("state_dir", "/var/lib/watchme"),
-            "script": f"{data.config_root}/scripts/nginx-safe-apply"}
 
 
 class Site:
@@ -43,8 +35,8 @@ class Site:
         st = settings.validate(d)  # the deploy's values (tasks/tls.py reads the same keys)
         self.tls = None if st.http_only else {
             "certificate": st.tls_certificate, "key": st.tls_certificate_key,
-            "acme_root": ACME_ROOT, "http2": nginx.http2_style(version)}
-        self.paths = paths(d)
+            "acme_root": nginx.ACME_ROOT, "http2": nginx.http2_style(version)}
+        self.paths = nginx.site_paths(d)
 
     def render(self, upstreams: dict[str, tuple[str, int]] | None = None) -> str:
         return nginx.render_site(self.data.server_name, self.services, self.paths["backups"],
