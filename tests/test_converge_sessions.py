@@ -41,7 +41,7 @@ def test_first_converge_stays_under_the_session_budget(first):
 
 
 def test_first_converge_installs_the_bundle_once(first, host):
-    assert BUNDLE_OP in first.changed()
+    assert any(c.startswith(BUNDLE_OP) for c in first.changed())
     assert first.stderr.count(f"Starting operation: {BUNDLE_OP}") == 1
     for path, mode in ((UNIT, 0o644), (SCRIPT, 0o755), (GUARD_ENV, 0o644)):
         f = host.file(path)
@@ -66,7 +66,7 @@ def test_a_file_changed_after_a_converge_is_repaired(first, deploy, host):
     run = deploy()
     assert run.rc == 0, run.stderr[-3000:]
     changed = run.changed()
-    assert BUNDLE_OP in changed
+    assert any(c.startswith(BUNDLE_OP) for c in changed)
     assert "Link the guard units into /etc/systemd/system" in changed
     # The removed unit file shows in systemd as NeedDaemonReload: the reload for that case.
     assert "Reload systemd (a unit file was never loaded)" in changed

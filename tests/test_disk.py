@@ -70,7 +70,7 @@ def test_below_usage_threshold_prunes_but_keeps_volumes_and_network(garbage, hos
     assert run.rc == 0, run.stderr[-3000:]
     # The threshold is data: the timer's guard.env follows it; and the network monitor runs
     # again after any change of the deploy (watchme/network_check.py).
-    assert run.changed() == ["Write the rendered files (one bundle upload)",  # guard.env
+    assert run.changed() == ["Write the rendered files (one bundle upload): guard.env",
                              "Docker disk guard (prune at 1% used)",
                              "Network monitor --fix (watchme-network members)"]
     assert "(threshold 1%): pruned, reclaimed containers " in run.stderr

@@ -223,4 +223,16 @@ def install(name: str) -> None:
     b.sealed = True
     if b.state is None:
         b.state = host.get_fact(BundleState, paths=b.paths())
-    install_files(name=name, dirs=list(b.dirs.values()), files=list(b.files.values()))
+    install_files(name=label(name, [f.path for f in b.files.values() if not file_ok(b.state.get(f.path), f)]),
+                  dirs=list(b.dirs.values()), files=list(b.files.values()))
+
+
+def label(name: str, paths: list[str], shown: int = 4) -> str:
+    """The operation's name with the files it writes, so a preview (and the deploy's output)
+    says which ones: "<name>: a.service, b.conf (+3 more)". The op's identity is its place
+    in deploy.py, not its name, so hosts may differ here."""
+    if not paths:
+        return name
+    names = [p.rsplit("/", 1)[-1] for p in paths]
+    more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+    return f"{name}: {', '.join(names[:shown])}{more}"
