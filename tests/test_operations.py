@@ -277,3 +277,12 @@ def test_probes_cover_https_routes_and_the_redirect():
     svc = S(name="a", probe_url_path="/a/", probe=S(expect=200))
     assert nginx.probes("h", [svc], tls=True) == ["a|https://h/a/|200|", "http-redirect|http://h/|301|https://h/"]
     assert nginx.probes("h", [svc], tls=False) == ["a|http://h/a/|200|"]
+
+
+def test_bundle_label_names_the_files_it_writes():
+    name = "Write the rendered files (one bundle upload)"
+    assert bundle.label(name, []) == name
+    assert bundle.label(name, ["/opt/watchme/systemd/watchme-vault-api.service"]) == \
+        f"{name}: watchme-vault-api.service"
+    six = [f"/opt/watchme/x/{i}.conf" for i in range(6)]
+    assert bundle.label(name, six) == f"{name}: 0.conf, 1.conf, 2.conf, 3.conf (+2 more)"
