@@ -251,7 +251,10 @@ def registries(tmp_path_factory) -> Path:
 
 
 def to(deploy, registries: Path, state: str):
-    return deploy(*_args(state), env={"WATCHME_REGISTRY": str(registries / f"{state}.yaml")})
+    # As CI runs it: a killed run's remote work (e.g. its restarts, holding the work lock)
+    # may still be running on the host; the next deploy waits for it instead of failing.
+    return deploy(*_args(state), "--data", "lock_wait_seconds=300",
+                  env={"WATCHME_REGISTRY": str(registries / f"{state}.yaml")})
 
 
 @pytest.fixture(scope="module")
