@@ -6,6 +6,8 @@ Shared by network_monitor.py, network_repair.py and disk_guard.py, installed bes
 peak on the host (bench/monitor_memory.sh):
 
     docker_api.py running NAME...   {name: {"memory", "files", "ips"}} of those that run
+    docker_api.py labelled LABEL    "/NAME VALUE IP..." per container with the label (the
+                                    rollout candidates: watchme/candidate.py's Candidates)
 
 A minimal HTTP/1.0 client: http.client would import email and ssl, which costs ~5 MB and
 ~60 ms per run on the server, more than the rest of a check. Unversioned paths speak the
@@ -177,9 +179,31 @@ def running(docker: Docker, names: list[str]) -> dict:
     return out
 
 
+def labelled(docker: Docker, label: str) -> list[str]:
+    """Lines "/NAME LABEL-VALUE IP..." of every container (running or not) with the label:
+    what `docker inspect -f '{{.Name}} {{index .Config.Labels "L"}}{{range
+    .NetworkSettings.Networks}} {{.IPAddress}}{{end}}'` prints (networks by name, as Go
+    ranges over a map)."""
+    lines = []
+    for c in docker.containers({"label": [label]}):
+        nets = (c.get("NetworkSettings") or {}).get("Networks") or {}
+        ips = "".join(" " + ((nets[n] or {}).get("IPAddress") or "") for n in sorted(nets))
+        name = next(iter(c.get("Names") or []), "/" + (c.get("Id") or "")[:12])
+        lines.append(f"{name} {(c.get('Labels') or {}).get(label, '')}{ips}")
+    return sorted(lines)
+
+
 def main(argv: list[str]) -> int:
+    """running NAME...: the RunningContainers fact; labelled LABEL: the Candidates fact."""
+    if argv[:1] == ["labelled"] and len(argv) == 2:
+        try:
+            for line in labelled(Docker(), argv[1]):
+                print(line)
+        except Unavailable:
+            pass  # no Docker, no container (as `docker ps ... 2>/dev/null` says)
+        return 0
     if argv[:1] != ["running"]:
-        print("usage: docker_api.py running NAME...", file=sys.stderr)
+        print("usage: docker_api.py running NAME... | labelled LABEL", file=sys.stderr)
         return 2
     try:
         print(json.dumps(running(Docker(), [a for a in argv[1:] if a != "--"])))

@@ -17,6 +17,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.exceptions import DeployError
 
 from watchme import images
+from watchme.fact_batch import Call
 
 DEFAULT_REGISTRY = "754724220380.dkr.ecr.ap-southeast-2.amazonaws.com"
 DEFAULT_REGION = "ap-southeast-2"
@@ -25,8 +26,11 @@ DEFAULT_REGION = "ap-southeast-2"
 class DockerCredHelpers(FactBase):
     """Root's Docker client config without its secrets: exists, valid, credHelpers, mode, owner."""
 
+    def call(self, path: str) -> Call:
+        return Call(code=images.READ_CONFIG, argv=[path])
+
     def command(self, path: str) -> str:
-        return images.read_config_command(path)
+        return self.call(path).command()
 
     def process(self, output):
         return json.loads("\n".join(output))

@@ -60,7 +60,7 @@ def test_older_commit_is_judged_by_git_ancestry():
 def test_holder_reaches_the_host_verbatim():
     """Hostile text in a holder (a laptop name, a CI actor) stays data, not shell."""
     holder = {"by": "a'b\"c $(touch /tmp/pwned) `id`", "commit": "abc", "since": "t"}
-    head = wl.script("take", holder=holder).split("\n", 1)[0]
+    head = wl.script("take", holder=holder).split("\nset -eu\n", 1)[0]  # the values
     p = subprocess.run(["sh", "-c", head + 'printf "%s" "$HOLDER"'], capture_output=True, text=True)
     assert json.loads(p.stdout) == holder
 

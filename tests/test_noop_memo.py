@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -347,6 +348,44 @@ def test_a_held_lock_fails_the_fast_path_or_is_waited_for(converged, host, env, 
     finally:
         worker.wait(timeout=120)
         host.run(f"rm -f {wl.LOCK_DIR}/deploy.lock")
+
+
+BATCHED = {"DockerNetwork", "NetworkReport", "DockerDiskUsage", "RunningContainers",
+           "Candidates", "DockerCredHelpers"}
+
+
+def test_the_plans_python_facts_answer_in_one_process_as_their_own_commands(converged, host):
+    """The plan's B line (watchme/fact_batch.py: one python3 for every Python fact) answers
+    each fact byte for byte as the fact's own command does when pyinfra reads it live, with
+    a rollout candidate on the host so that every fact has something to say."""
+    label = "watchme.rollout-candidate=alpha"
+    host.run_test(f"docker run -d --name watchme-alpha-candidate --label {label} "
+                  f"--network watchme-network {fake_services.IMAGE} /bin/busybox sleep 600")
+    try:
+        plan = host.check_output(f"cat {wl.PLAN}").split("\n", 1)[1]
+        assert plan.startswith("if type B >/dev/null 2>&1 ; then B '"), plan[:200]
+        words = shlex.split(plan)
+        batch = json.loads(words[words.index("B", 3) + 1])
+        assert {json.loads(i)["fact"][1] for i, _ in batch} == BATCHED
+        functions = wl.SCRIPT[wl.SCRIPT.index("F() {{"):wl.SCRIPT.index('if [ "$p" -le 1 ]')]
+        functions = functions.format(lock_dir="/run/watchme")
+        batched_script = (f"BATCH={shlex.quote(wl.batch_source())}\n{functions}\n"
+                          f"B {shlex.quote(json.dumps(batch))}\nW")
+        live_script = functions + "\n" + "\n".join(
+            f"F 1 {shlex.quote(identity)} {shlex.quote(spec['command'])}" for identity, spec in batch)
+        one = host.run(f"sh -c {shlex.quote(batched_script)}")
+        live = host.run(f"sh -c {shlex.quote(live_script)}")
+        assert one.rc == 0 and live.rc == 0, (one.stderr, live.stderr)
+        batched = noop_answers.blocks_from_output(one.stdout)
+        assert [b[1] for b in batched] == [i for i, _ in batch], "every fact answered, in order"
+        assert noop_answers.canonical(batched) == \
+            noop_answers.canonical(noop_answers.blocks_from_output(live.stdout))
+        answers = {json.loads(i)["fact"][1]: lines for _, i, lines in batched}
+        assert answers["Candidates"][0].startswith("/watchme-alpha-candidate alpha 172.27.")
+        assert '"watchme-alpha"' in answers["RunningContainers"][0]
+        assert answers["NetworkReport"][-1] == "@@exit=0"
+    finally:
+        host.run("docker rm -f watchme-alpha-candidate")
 
 
 def test_second_run_changes_nothing(converged, deploy, env):

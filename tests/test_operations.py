@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import shlex
+import subprocess
 import tarfile
 
 import pytest
@@ -160,12 +162,49 @@ def test_bundle_script_quotes_paths_and_the_state_fact_parses_them():
     assert "mv -f -- '/opt/x y/$(reboot).watchme-new' '/opt/x y/$(reboot)'" in script
     assert "$(reboot)" in bundle.BundleState().command(paths=[f.path])
     assert "'/opt/x y/$(reboot)'" in bundle.BundleState().command(paths=[f.path])
-    assert bundle.BundleState().process([f"file 644 root root {f.sha256} /opt/x y/f",
+    assert bundle.BundleState().process([f"file 644 root root - /opt/x y/f",
+                                         f"{f.sha256}  /opt/x y/f",
                                          "dir 755 root root - /opt", "missing - - - - /n"]) == {
         "/opt/x y/f": {"kind": "file", "mode": 0o644, "user": "root", "group": "root",
                        "sha256": f.sha256},
         "/opt": {"kind": "dir", "mode": 0o755, "user": "root", "group": "root", "sha256": None},
         "/n": {"kind": "missing", "mode": None, "user": "-", "group": "-", "sha256": None}}
+    with pytest.raises(ValueError, match="absolute"):
+        bundle.BundleState().command(paths=["-delete"])  # find would take it for an action
+
+
+def test_bundle_state_reads_every_kind_of_path_in_four_processes(tmp_path):
+    """The fact's real command (sh, find, sha256sum) on real paths: the answer per kind."""
+    import getpass
+    import grp
+    import hashlib
+    d, f = tmp_path / "d x", tmp_path / "$(touch pwned)"
+    d.mkdir(mode=0o750)
+    d.chmod(0o750)
+    f.write_text("a\n")
+    f.chmod(0o640)
+    (tmp_path / "to-dir").symlink_to(d)
+    (tmp_path / "to-file").symlink_to(f)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    os.mkfifo(tmp_path / "fifo")
+    paths = [str(p) for p in (d, f, tmp_path / "to-dir", tmp_path / "to-file",
+                              tmp_path / "dangling", tmp_path / "fifo", tmp_path / "missing")]
+    fact = bundle.BundleState()
+    out = subprocess.run(["sh", "-c", fact.command(paths=paths)], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert out.returncode == 0 and not (tmp_path / "pwned").exists()
+    got = fact.process(out.stdout.splitlines())
+    user, group = getpass.getuser(), grp.getgrgid(os.getgid()).gr_name
+    assert got == {
+        str(d): {"kind": "dir", "mode": 0o750, "user": user, "group": group, "sha256": None},
+        str(f): {"kind": "file", "mode": 0o640, "user": user, "group": group,
+                 "sha256": hashlib.sha256(b"a\n").hexdigest()},
+        # a link to a directory is that directory (stat -L); any other link is a link
+        str(tmp_path / "to-dir"): {"kind": "dir", "mode": 0o750, "user": user, "group": group,
+                                   "sha256": None},
+        **{str(tmp_path / n): {"kind": k, "mode": None, "user": "-", "group": "-", "sha256": None}
+           for n, k in (("to-file", "link"), ("dangling", "link"), ("fifo", "other"),
+                        ("missing", "missing"))}}
 
 
 def test_bundle_refuses_a_file_registered_after_it_was_installed():

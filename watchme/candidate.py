@@ -26,6 +26,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, operation
 
 from watchme import images
+from watchme.fact_batch import Call
 
 LABEL = "watchme.rollout-candidate"  # value: the service's registry name
 COMPOSE = ('if docker compose version >/dev/null 2>&1; then c="docker compose"; '
@@ -187,8 +188,14 @@ class Candidates(FactBase):
     """Rollout candidates on the host (by LABEL), {name: {service, addresses}}; a leftover of a
     killed rollout when no rollout holds the deploy lock."""
 
-    def command(self) -> str:
-        return LIST
+    def call(self, script: str = "") -> Call:
+        # Through the Engine API (files/docker_api.py, one python3 with the other Docker
+        # facts); the CLI only before the deploy installed the scripts.
+        return Call(script=script or f"{host.data.config_root}/scripts/docker_api.py",
+                    argv=["labelled", LABEL], fallback=LIST)
+
+    def command(self, script: str = "") -> str:
+        return self.call(script).command()
 
     def process(self, output):
         return parse_list(output)

@@ -17,6 +17,7 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, operation
 
 from watchme import remote
+from watchme.fact_batch import Call
 
 
 class DockerDiskUsage(FactBase):
@@ -24,11 +25,13 @@ class DockerDiskUsage(FactBase):
     holding Docker's data root; None when the guard is not installed yet or Docker does not
     answer (a new server before the bootstrap installed it)."""
 
+    def call(self, script: str, threshold: int) -> Call:
+        # exit 1 (at or above the threshold) is an answer, not a failed fact
+        return Call(script=script, argv=["--check", "--json", "--threshold", int(threshold)],
+                    tolerant=True)
+
     def command(self, script: str, threshold: int) -> str:
-        s = shlex.quote(script)
-        return (f"if [ -f {s} ] && command -v python3 >/dev/null; then "
-                # exit 1 (at or above the threshold) is an answer, not a failed fact
-                f"python3 {s} --check --json --threshold {int(threshold)} || true; fi")
+        return self.call(script, threshold).command()
 
     def process(self, output):
         try:

@@ -94,6 +94,22 @@ F() {{
 ") ;; *) echo ;; esac
   fi
 }}
+# B: the plan's Python facts (watchme/fact_batch.py), in one python3 started in the
+# background while the shell facts run; W prints its answers (the plan's last line).
+B() {{
+  bout=""
+  if [ -n "$BATCH" ] && command -v python3 >/dev/null 2>&1; then
+    bout=$(mktemp "{lock_dir}/batch.XXXXXX")
+    python3 -c "$BATCH" "$1" > "$bout" 2>/dev/null </dev/null &
+    bpid=$!
+  fi
+}}
+W() {{
+  if [ -n "${{bout:-}}" ]; then
+    wait "$bpid" || true
+    cat "$bout"; rm -f "$bout"; bout=""
+  fi
+}}
 if [ "$p" -le 1 ] && [ "$MODE" != show ] && [ "$MODE" != break ]; then echo "status=no-session"; exit 0; fi
 echo "session=$p"
 echo "record=$(head -n1 "$record" 2>/dev/null || true)"
@@ -198,9 +214,15 @@ def script(mode: str, holder: dict | None = None, record: dict | None = None,
             f"RECORD={shlex.quote(json.dumps(record or {}))}; PLAN={shlex.quote(packed)}; "
             f"WAIT={int(wait)}; FACTS={int(facts)}; FORCE={int(force)}; "
             f"MEMO={shlex.quote(json.dumps(memo, sort_keys=True) if memo else '')}; "
-            f"KEY={shlex.quote(key)}; CHECK={shlex.quote(check)}; ")
+            f"KEY={shlex.quote(key)}; CHECK={shlex.quote(check)}; "
+            f"BATCH={shlex.quote(batch_source() if mode in ('take', 'check', 'memo') else '')}; ")
     return head + SCRIPT.format(lock_dir=LOCK_DIR, work=WORK, record=RECORD, plan=PLAN,
                                 memo=MEMO, facts=FACTS)
+
+
+def batch_source() -> str:
+    """The plan's Python facts' runner (watchme/fact_batch.py), sent with the lock command."""
+    return (Path(__file__).with_name("fact_batch.py")).read_text()
 
 
 def opening(mode: str, **kw) -> str:

@@ -27,6 +27,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, operation
 from pyinfra.api.exceptions import OperationError
 
+from watchme.fact_batch import Call
+
 
 def script_path() -> str:
     """Where the guard task installs network_repair.py (tasks/guard.py install_scripts)."""
@@ -43,13 +45,18 @@ class DockerNetwork(FactBase):
     one first): the operation then runs --ensure, which decides on the host.
     """
 
+    def call(self, script: str, network: str, driver: str, subnet: str, gateway: str,
+             anchor: str = "", ip_range: str = "") -> Call:
+        args = ["--check", "--json", "--name", network, "--driver", driver, "--subnet", subnet,
+                "--gateway", gateway]
+        args += ["--ip-range", ip_range] if ip_range else []
+        args += ["--anchor", anchor] if anchor else []
+        # exit 3 (Docker not answering) is an answer too: its JSON says so
+        return Call(script=script, argv=args, tolerant=True)
+
     def command(self, script: str, network: str, driver: str, subnet: str, gateway: str,
                 anchor: str = "", ip_range: str = "") -> str:
-        s = shlex.quote(script)
-        return (f"if [ -f {s} ] && command -v python3 >/dev/null; then python3 {s} --check --json "
-                # exit 3 (Docker not answering) is an answer too: its JSON says so
-                f"{_args(network, driver, subnet, gateway)}{_range(ip_range)}{_anchor(anchor)}"
-                " || true; fi")
+        return self.call(script, network, driver, subnet, gateway, anchor, ip_range).command()
 
     def process(self, output):
         text = "\n".join(output).strip()

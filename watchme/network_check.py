@@ -22,6 +22,7 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, operation
 
 from watchme import remote
+from watchme.fact_batch import Call
 
 FIXABLE = ("detached", "wrong_ip")
 DOWN = ("missing", "stopped")
@@ -31,8 +32,12 @@ class NetworkReport(FactBase):
     """The monitor's --json report and exit code, {"exit": int, "report": dict | None};
     None when the monitor is not installed yet."""
 
+    def call(self, script: str, members: str) -> Call:
+        return Call(script=script, argv=["--json", "--members", members, "--check"], merge=True,
+                    exit_line=True)
+
     def command(self, script: str, members: str) -> str:
-        return monitor_command(script, members, fix=False)
+        return self.call(script, members).command()
 
     def process(self, output):
         return parse(list(output))

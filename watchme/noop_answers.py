@@ -102,7 +102,9 @@ def canonical(blocks):
         if coarse is not None:
             lines = coarse(lines, fact[2])
         facts.append([0 if rc == 0 else 1, identity, lines])
-    return facts
+    # By identity: the plan's Python facts answer after its shell facts (watchme/fact_batch.py),
+    # the deploy keeps them in reading order; the order is no answer.
+    return sorted(facts, key=lambda f: f[1])
 
 
 def _sha(value):
@@ -115,7 +117,7 @@ def answers_hash(blocks, commit):
 
 
 def fact_digests(blocks):
-    """One short hash per fact, in plan order: on a miss the host names what changed."""
+    """One short hash per fact, by identity: on a miss the host names what changed."""
     return [[_name(f[1]), _sha(f)[:16]] for f in canonical(blocks)]
 
 

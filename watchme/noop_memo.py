@@ -333,14 +333,29 @@ def fact_record(name: str, blob: str) -> dict:
     answers = {identity: (rc, lines) for rc, identity, lines in blocks_from_output(output)}
     facts = []
     body = plan_text.split("\n", 1)[1] if plan_text.startswith("#") else plan_text  # header
-    words = shlex.split(body)  # a quoted command may span lines (and hold # lines)
-    for i in range(0, len(words) - 3, 4):
-        _, _, identity, command = words[i:i + 4]
+    for identity, command in planned_commands(body):
         if identity in answers:
             rc, out = answers[identity]
             facts.append({"command": command, "executor": json.loads(identity)["fact"][3],
                           "rc": rc, "stdout": out})
     return {"version": 1, "host": name, "facts": facts}
+
+
+def planned_commands(body: str) -> list[tuple[str, str]]:
+    """[(identity, command)] of a fact plan's body (watchme/prefetch.py plan_text): the
+    `F <sudo> <identity> <command>` lines and the Python facts of its `B <json>` line."""
+    words = shlex.split(body)  # a quoted command may span lines (and hold # lines)
+    out, i = [], 0
+    while i < len(words):
+        if words[i] == "F" and i + 3 < len(words):
+            out.append((words[i + 2], words[i + 3]))
+            i += 4
+        elif words[i] == "B" and i > 0 and words[i - 1] == "then" and i + 1 < len(words):
+            out += [(identity, spec["command"]) for identity, spec in json.loads(words[i + 1])]
+            i += 2
+        else:
+            i += 1
+    return out
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -190,8 +190,10 @@ class Prefetch:
         self.generation += 1
 
     # -- the plan on the host ------------------------------------------------------------
-    def _planned(self) -> tuple[list[tuple[str, int, str, dict]], list[str]]:
-        """([(identity, sudo, command, executor)] in reading order, [facts left out]).
+    def _planned(self) -> tuple[list[tuple[str, int, str, dict, dict | None]], list[str]]:
+        """([(identity, sudo, command, executor, batch)] in reading order, [facts left out]);
+        batch: the fact's Call spec when the plan's one python3 answers it (a fact with a
+        `call` method, watchme/fact_batch.py, read as root), else None.
 
         A run that changed the host also keeps the facts of the plan it was served but did
         not read: it took other paths (a file it created has no checksum to read yet), and
@@ -207,20 +209,42 @@ class Prefetch:
                 left_out.append(qualname)
                 continue
             try:
-                command = _fact_command(cls(), fact_kwargs)
+                fact = cls()
+                command = _fact_command(fact, fact_kwargs)
+                call = fact.call(**fact_kwargs) if hasattr(fact, "call") else None
             except Exception:  # noqa: BLE001 - a fact we cannot rebuild: read live next time
                 left_out.append(qualname)
                 continue
             identity = json.dumps({"fact": [module, qualname, fact_kwargs, executor],
                                    "sha": _sha(command)}, sort_keys=True)
-            entries.append((identity, 1 if executor.get("_sudo") else 0, command, executor))
+            sudo = 1 if executor.get("_sudo") else 0
+            # Only a call whose command is the fact's whole command (no requires_command
+            # wrapper) is batched: the batch must answer exactly what that command does.
+            batch = call.spec() if call is not None and sudo and call.command() == command \
+                else None
+            entries.append((identity, sudo, command, executor, batch))
         return entries, left_out
 
     def plan_text(self) -> str:
-        """The plan file: exactly what this run read (facts no longer used drop out)."""
+        """The plan file: exactly what this run read (facts no longer used drop out).
+
+        The Python facts first, as one `B` line (one python3 for all of them, in the
+        background: watchme/fact_batch.py, lock.py), then an `F` line per shell fact, then
+        `W` (the batch's answers). B and W are asked for with `type`, so a lock script that
+        predates them runs the F lines only (the batched facts are then read live)."""
         entries, _ = self._planned()
-        return PLAN_HEADER + "".join(f"F {sudo} {shlex.quote(identity)} {shlex.quote(command)}\n"
-                                     for identity, sudo, command, _ in entries)
+        # each with its command too: the fact record (watchme/noop_memo.py) names it
+        batched = [[identity, {**batch, "command": command}]
+                   for identity, _, command, _, batch in entries if batch is not None]
+        text = PLAN_HEADER
+        if batched:
+            # (" ; " with spaces: shlex.split gives the JSON as a word of its own)
+            text += f"if type B >/dev/null 2>&1 ; then B {shlex.quote(json.dumps(batched))} ; fi\n"
+        text += "".join(f"F {sudo} {shlex.quote(identity)} {shlex.quote(command)}\n"
+                        for identity, sudo, command, _, batch in entries if batch is None)
+        if batched:
+            text += "if type W >/dev/null 2>&1 ; then W ; fi\n"
+        return text
 
     def memo_blocks(self) -> tuple[list[tuple[int, str, list[str]]] | None, str]:
         """The plan this run writes, each fact with the answer this run used, as answer
@@ -233,7 +257,7 @@ class Prefetch:
         if left_out:
             return None, f"the fact plan cannot hold {left_out[0]}"
         blocks = []
-        for identity, _, command, executor in entries:
+        for identity, _, command, executor, _ in entries:
             answer = self.record.get(json.dumps([command, executor], sort_keys=True, default=str))
             if answer is None:
                 return None, f"no recorded answer for {identity}"

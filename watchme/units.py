@@ -12,6 +12,8 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
+from watchme.fact_batch import Call
+
 
 def unit_name(service) -> str:
     """The unit file name of a registry service (field `unit`, default watchme-<name>.service)."""
@@ -134,13 +136,15 @@ class RunningContainers(FactBase):
         # pyinfra gives a fact without output its default instead of calling process().
         return {}
 
-    def command(self, containers: list[str], script: str = "") -> str:
-        q = shlex.quote(script or f"{host.data.config_root}/scripts/docker_api.py")
+    def call(self, containers: list[str], script: str = "") -> Call:
         names = shlex.join(["--", *containers])
         # docker inspect exits 1 when one of them does not exist, after printing the others.
-        return (f"if [ -f {q} ] && command -v python3 >/dev/null; then python3 {q} running {names}; "
-                f"else {shlex.join(['docker', 'inspect', '-f', self.FORMAT])} {names} "
-                "2>/dev/null || true; fi")
+        cli = f"{shlex.join(['docker', 'inspect', '-f', self.FORMAT])} {names} 2>/dev/null || true"
+        return Call(script=script or f"{host.data.config_root}/scripts/docker_api.py",
+                    argv=["running", "--", *containers], fallback=cli)
+
+    def command(self, containers: list[str], script: str = "") -> str:
+        return self.call(containers, script).command()
 
     def process(self, output):
         if output and output[0].startswith("{"):  # the script's JSON
