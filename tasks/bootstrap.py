@@ -6,14 +6,15 @@ What is already installed, in whatever form, is kept (watchme/packages.py); what
 missing is installed in one apt run.
 """
 
-from pyinfra import host, logger
+from pyinfra import host, inventory, logger
 from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import apt, server
 
 from watchme import bundle, host_profile, packages
 from watchme.swap import swapfile
-from watchme.units import units_enabled
+from watchme.placement import services_here
+from watchme.units import GUARD_UNITS, unit_name, units_enabled
 
 
 def preflight() -> dict:
@@ -56,6 +57,11 @@ def software(profile: dict) -> None:
     d.certbot_command = sw.certbot or packages.CERTBOT_CLI
     d.certbot_timer = sw.certbot_timer
     d.ecr_credential_helper = plan.ecr_helper
+    # Every unit the deploy asks systemd about, read as one fact (watchme/units.py loaded()).
+    d.systemd_units = sorted({u for u in (sw.docker_unit, sw.nginx_unit, sw.certbot_timer,
+                                          d.infra_unit, *GUARD_UNITS,
+                                          *(unit_name(s) for s in services_here(host, inventory)))
+                              if u})
 
     if plan.install:
         # The lists are refreshed only when something is installed: a no-op deploy stays no-op.

@@ -28,12 +28,13 @@ from watchme.adopt import adopt_links
 from watchme.cron import remove_guard_cron_lines
 from watchme.network_check import network_check
 from watchme.placement import services_here
-from watchme.units import LoadedUnits, units_enabled
+from watchme.units import loaded as units_loaded
+from watchme.units import GUARD_UNITS, units_enabled
 
 ROOT = Path(__file__).resolve().parent.parent
 
 SYSTEM_DIR = "/etc/systemd/system"
-UNITS = ("watchme-guard.service", "watchme-guard.timer")
+UNITS = GUARD_UNITS
 SCRIPTS = ("docker_api.py", "network_monitor.py", "network_repair.py", "disk_guard.py",
            "deploy_lock.py", "pull_check.py", "check-infrastructure.sh")
 # The guard reconnects one container at most once per hour; more is a flap (issue 12 §4).
@@ -115,7 +116,7 @@ def apply() -> None:
                         links={f"{SYSTEM_DIR}/{u}": f"{conf}/{u}" for u in UNITS})
     # A run killed between writing a guard unit and daemon-reload leaves the file up to date
     # and systemd running the old one (NeedDaemonReload): this run finishes the job.
-    loaded = host.get_fact(LoadedUnits, units=list(UNITS))
+    loaded = units_loaded(list(UNITS))
     never_loaded = [u for u in UNITS if loaded.get(u, {}).get("need_reload")]
     if never_loaded:
         logger.warning(f"{host.print_prefix}systemd has not loaded the file of "

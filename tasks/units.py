@@ -29,7 +29,8 @@ from watchme.adopt import LinkStates, adopt_links, adopting
 from watchme.images import override_path
 from watchme.network import ComposeFiles, create_command
 from watchme.placement import services_here
-from watchme.units import (LoadedUnits, RunningContainers, UnitFiles, VendorUnits, WantsLinks,
+from watchme.units import loaded as units_loaded
+from watchme.units import (RunningContainers, UnitFiles, VendorUnits, WantsLinks,
                            drifted, ours, stale_wants, unit_name, units_enabled)
 
 SYSTEM_DIR = "/etc/systemd/system"
@@ -93,7 +94,7 @@ def apply(migrated: dict[str, OperationMeta] | None = None,
             "(/lib/systemd/system); rename the service or its unit" for u in clash))
     stale = [n for n in ours(host.get_fact(UnitFiles, directory=SYSTEM_DIR), unit_dir)
              if n not in wanted]
-    loaded = host.get_fact(LoadedUnits, units=sorted(wanted))
+    loaded = units_loaded(sorted(wanted))
     never_loaded = sorted(u for u in wanted if loaded.get(u, {}).get("need_reload"))
     compose = host.get_fact(ComposeFiles, paths=[s.compose_file for s in services])
     containers = host.get_fact(RunningContainers, containers=[s.container for s in services]) \

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import PYINFRA, ROOT, Run, assert_idempotent, run_deploy
 from watchme import lock as wl
+from watchme import noop_memo
 
 LOCK = f"{wl.LOCK_DIR}/deploy.lock"
 CONFIG_ROOT = runpy.run_path(str(ROOT / "group_data" / "all.py"))["config_root"]
@@ -296,8 +297,10 @@ def test_fact_plan_lives_on_the_host_and_a_fresh_checkout_uses_it(first_run, hos
     assert run.stderr.count("Running command on ") == 2  # lock + facts, release + record
     assert "prefetched " in run.stderr
     facts = json.loads(next(tmp_path.glob("*.facts.json")).read_text())
-    planned = host.check_output("grep -c '^F ' /var/lib/watchme/fact-plan.sh")
-    assert facts["version"] == 1 and len(facts["facts"]) == int(planned) > 20  # every fact, planned
+    plan = host.check_output("cat /var/lib/watchme/fact-plan.sh").split("\n", 1)[1]
+    planned = noop_memo.planned_commands(plan)  # the F lines and the B line's Python facts
+    assert facts["version"] == 1 and len(facts["facts"]) == len(planned) > 20  # every fact, planned
+    assert {f["command"] for f in facts["facts"]} == {command for _, command in planned}
     assert all(set(f) == {"command", "executor", "rc", "stdout"} for f in facts["facts"])
 
 

@@ -325,3 +325,31 @@ def test_bundle_label_names_the_files_it_writes():
         f"{name}: watchme-vault-api.service"
     six = [f"/opt/watchme/x/{i}.conf" for i in range(6)]
     assert bundle.label(name, six) == f"{name}: 0.conf, 1.conf, 2.conf, 3.conf (+2 more)"
+
+
+def test_link_states_and_unit_files_read_real_paths_in_one_find(tmp_path):
+    """The facts' real commands (sh and find) on real paths, hostile names included."""
+    from watchme.units import UnitFiles
+    d = tmp_path / "system"
+    d.mkdir()
+    (d / "plain.service").write_text("[Unit]\n")
+    (d / "linked.service").symlink_to("/opt/x y/linked.service")  # dangling, with a space
+    (d / ".hidden.service").write_text("")
+    (d / "other.timer").write_text("")
+    (d / "dir.service").mkdir()
+    units = subprocess.run(["sh", "-c", UnitFiles().command(directory=str(d))],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert UnitFiles().process(units) == {"linked.service": "/opt/x y/linked.service",
+                                          "plain.service": None}
+    gone = subprocess.run(["sh", "-c", UnitFiles().command(directory=str(tmp_path / "no"))],
+                          capture_output=True, text=True)
+    assert gone.returncode == 0 and UnitFiles().process(gone.stdout.splitlines()) == {}
+    paths = [str(d / "linked.service"), str(d / "plain.service"), str(d / "dir.service"),
+             str(tmp_path / "$(touch pwned)")]
+    out = subprocess.run(["sh", "-c", LinkStates().command(paths=paths)], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert out.returncode == 0 and not (tmp_path / "pwned").exists()
+    assert LinkStates().process(out.stdout.splitlines()) == {
+        paths[0]: "/opt/x y/linked.service", paths[1]: "", paths[2]: "", paths[3]: None}
+    with pytest.raises(ValueError, match="absolute"):
+        LinkStates().command(paths=["-delete"])

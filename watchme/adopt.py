@@ -27,10 +27,14 @@ class LinkStates(FactBase):
     paths in one command (stock files.Link costs a session per path)."""
 
     def command(self, paths: list[str]) -> str:
-        return (f"for p in {' '.join(shlex.quote(p) for p in paths)}; do "
-                'if [ -L "$p" ]; then printf \'link\\t%s\\t%s\\n\' "$p" "$(readlink "$p")"; '
-                'elif [ -e "$p" ]; then printf \'other\\t%s\\n\' "$p"; '
-                'else printf \'missing\\t%s\\n\' "$p"; fi; done')
+        # One find for what exists, not a readlink per link; missing ones by the shell alone.
+        if not all(p.startswith("/") for p in paths):  # find would take "-x" for an option
+            raise ValueError(f"LinkStates takes absolute paths only: {paths}")
+        quoted = " ".join(shlex.quote(p) for p in paths)
+        return (f"set -- {quoted}\n"
+                'for p; do [ -e "$p" ] || [ -L "$p" ] || printf \'missing\\t%s\\n\' "$p"; done\n'
+                'find "$@" -maxdepth 0 \\( -type l -printf \'link\\t%p\\t%l\\n\' -o '
+                "-printf 'other\\t%p\\n' \\) 2>/dev/null\ntrue")
 
     def process(self, output):
         out: dict[str, str | None] = {}

@@ -21,24 +21,28 @@ def unit_name(service) -> str:
 
 
 class UnitFiles(FactBase):
-    """Every *.service in a directory: {file name: link target, or None for a regular file}."""
+    """Every *.service in a directory: {file name: link target, or None for a regular file}.
+
+    One find, not a readlink per link (~25 ms of the host's CPU on a no-op with 15 units)."""
 
     def command(self, directory: str) -> str:
+        if not directory.startswith("/"):  # find would take "-x" for an option
+            raise ValueError(f"UnitFiles takes an absolute directory: {directory!r}")
         d = shlex.quote(directory)
-        return (f"for f in {d}/*.service; do "
-                'if [ -L "$f" ]; then echo "link ${f##*/} $(readlink "$f")"; '
-                'elif [ -f "$f" ]; then echo "file ${f##*/}"; fi; done')
+        return (f"find {d}/ -mindepth 1 -maxdepth 1 -name '*.service' ! -name '.*' "
+                "\\( -type l -printf 'link %f %l\\n' -o -type f -printf 'file %f\\n' \\) "
+                "2>/dev/null || true")
 
     def process(self, output):
         units: dict[str, str | None] = {}
-        for line in output:
+        for line in sorted(output):  # by name, as the shell's glob listed them
             kind, _, rest = line.partition(" ")
             if kind == "link":
                 name, _, target = rest.partition(" ")
                 units[name] = target
             elif kind == "file":
                 units[rest] = None
-        return units
+        return dict(sorted(units.items()))
 
 
 class WantsLinks(FactBase):
@@ -78,6 +82,7 @@ class VendorUnits(FactBase):
 
 
 # What stock pyinfra counts as running / enabled (facts.systemd SystemdStatus, SystemdEnabled).
+GUARD_UNITS = ("watchme-guard.service", "watchme-guard.timer")  # tasks/guard.py
 RUNNING = ("running", "waiting", "exited", "listening", "mounted")
 ENABLED = ("enabled", "static")
 
@@ -111,6 +116,17 @@ class LoadedUnits(FactBase):
             key, _, value = line.partition("=")
             current[key] = value
         return out
+
+
+def loaded(units: list[str]) -> dict:
+    """LoadedUnits of `units`, read as part of ONE fact for every unit this deploy asks
+    systemd about (host.data.systemd_units, which the bootstrap records once it knows the
+    host's units): one systemctl process on a no-op instead of six (~70 ms of the host's
+    CPU). A unit outside that list (a deploy that skipped the bootstrap) is asked on its own."""
+    every = list(host.data.get("systemd_units") or [])
+    asked = every if set(units) <= set(every) else sorted(set(units))
+    found = host.get_fact(LoadedUnits, units=asked)
+    return {u: state for u, state in found.items() if u in units}
 
 
 class RunningContainers(FactBase):
@@ -194,7 +210,7 @@ def units_enabled(enable: list[str], start: list[str] | None = None,
     """
     start, restart = list(start or []), set(restart or [])
     units = sorted({*enable, *start, *restart})
-    found = host.get_fact(LoadedUnits, units=units)
+    found = loaded(units)
     steps = []
     disabled = [u for u in enable if not found.get(u, {}).get("enabled")]
     if disabled:
