@@ -58,9 +58,15 @@ if [ -r /etc/nginx/nginx.conf ]; then
     && echo nginx.confd=yes
 fi
 
-# The systemd units that run them: unit.<name>=<state>.
-systemctl --root=/ list-unit-files --no-legend docker.service snap.docker.dockerd.service nginx.service \
-  2>/dev/null | awk 'NF {print "unit." $1 "=" $2}'
+# The systemd units that run them: unit.<name>=present when a unit file of that name is in
+# one of systemd's unit directories (the deploy asks only which exist; the shell's tests
+# instead of `systemctl list-unit-files`, ~10 ms of every no-op).
+for u in docker.service snap.docker.dockerd.service nginx.service; do
+  for d in /etc/systemd/system /run/systemd/system /usr/local/lib/systemd/system \
+      /lib/systemd/system /usr/lib/systemd/system; do
+    if [ -e "$d/$u" ] || [ -L "$d/$u" ]; then echo "unit.$u=present"; break; fi
+  done
+done
 
 # Every installed package and its version: pkg.<name>=<version>.
 dpkg-query -W -f='${db:Status-Status} ${Package} ${Version}\n' 2>/dev/null \

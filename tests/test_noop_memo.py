@@ -363,8 +363,8 @@ def test_the_plans_python_facts_answer_in_one_process_as_their_own_commands(conv
                   f"--network watchme-network {fake_services.IMAGE} /bin/busybox sleep 600")
     try:
         plan = host.check_output(f"cat {wl.PLAN}").split("\n", 1)[1]
-        assert plan.startswith("if type B >/dev/null 2>&1 ; then B '"), plan[:200]
-        words = shlex.split(plan)
+        assert plan.startswith("#J [[") and "\nif type B >/dev/null 2>&1 ; then B '" in plan
+        words = shlex.split(plan, comments=True)
         batch = json.loads(words[words.index("B", 3) + 1])
         assert {json.loads(i)["fact"][1] for i, _ in batch} == BATCHED
         functions = wl.SCRIPT[wl.SCRIPT.index("F() {{"):wl.SCRIPT.index('if [ "$p" -le 1 ]')]

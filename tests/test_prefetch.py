@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from pyinfra.api import FactBase
 from pyinfra.facts.files import Sha1File
 
 from watchme import lock as wl
-from watchme import prefetch
+from watchme import noop_answers, prefetch
 
 
 class Echo(FactBase):
@@ -72,7 +73,10 @@ def test_plan_lines_are_the_facts_own_commands_quoted(pf):
     pf.get_fact(Echo, word="a'b $(id)")
     lines = pf.plan_text().splitlines()
     assert lines[0].startswith("# watchme fact plan v1")
-    f, sudo, identity, command = shlex.split(lines[1])
+    assert json.loads(lines[1].removeprefix("#J ")) == [[json.loads(shlex.split(lines[2])[2]) and
+                                                       shlex.split(lines[2])[2], 1,
+                                                       "echo a'b $(id)", None]]
+    f, sudo, identity, command = shlex.split(lines[2])
     assert (f, sudo, command) == ("F", "1", "echo a'b $(id)")
     assert json.loads(identity)["fact"] == ["tests.test_prefetch", "Echo", {"word": "a'b $(id)"},
                                             {"_sudo": True}]
@@ -125,7 +129,7 @@ def test_a_live_answer_is_kept_until_the_first_change(pf):
 def test_failed_fact_on_the_host_is_read_live(pf):
     pf.get_fact(Echo, word="a")
     nxt = wire(prefetch.Prefetch(pf.state, pf.host), pf.live_reads, [])
-    identity = shlex.split(pf.plan_text().splitlines()[1])[2]
+    identity = shlex.split(pf.plan_text().splitlines()[2])[2]
     nxt.serve([f"@@watchme-fact 1 {identity}"])
     pf.live_reads.clear()
     assert nxt.get_fact(Echo, word="a") == "live {'word': 'a'}"
@@ -223,3 +227,24 @@ def test_memo_answers_hash_as_the_host_check_does_with_blank_lines(pf):
     blocks, _ = nxt.memo_blocks()
     assert blocks[0][2] == ["x", ""]
     assert noop_answers.answers_hash(blocks, "c") == _host_hash(nxt.plan_text())
+
+
+def test_the_one_process_runner_answers_as_the_shell_lines(pf, tmp_path):
+    """watchme/fact_batch.py run_plan (what the lock script runs when the host has python3)
+    prints what the plan's shell lines print: same blocks, bytes, exit codes, order aside."""
+    pf.get_fact(Echo, word="a'b $(id)")
+    pf.get_fact(Sha1File, path=str(tmp_path / "missing"))
+    pf.get_fact(Echo, word="two\nlines")
+    plan = tmp_path / "plan.sh"
+    plan.write_text(pf.plan_text())
+    runner = subprocess.run([sys.executable, "-c", wl.batch_source(), "plan", str(plan)],
+                            capture_output=True, text=True, check=True).stdout
+    shell = host_output(pf.plan_text())
+    assert sorted(noop_answers.blocks_from_output(runner)) == \
+        sorted(noop_answers.blocks_from_output("\n".join(shell) + "\n"))
+    assert len(noop_answers.blocks_from_output(runner)) == 3
+    old = tmp_path / "old.sh"
+    old.write_text("".join(l for l in pf.plan_text().splitlines(True) if not l.startswith("#J ")))
+    older = subprocess.run([sys.executable, "-c", wl.batch_source(), "plan", str(old)],
+                           capture_output=True, text=True)
+    assert older.returncode == 3 and older.stdout == "", "a plan without JSON: the shell runs it"

@@ -37,6 +37,12 @@ import shlex
 import sys
 
 MARK = "@@watchme-fact"
+# The plan's line for this runner (watchme/prefetch.py): "#J " + JSON [[identity, sudo,
+# command, Call spec or null], ...]; a comment to the shell.
+PLAN_JSON = "#J "
+# How long each shell fact took on the last run (by the end of its identity, which holds
+# the hash of its command): the slowest start first. tmpfs, root's; a hint, nothing more.
+TIMES = "/run/watchme/fact-times.json"
 
 
 class Call:
@@ -128,10 +134,111 @@ def block(rc, identity, text):
     return head + (text if not text or text.endswith("\n") else text + "\n")
 
 
+def _shell(identity, sudo, command, sudo_user):
+    """(rc, output) of one shell fact exactly as the plan's F function runs it."""
+    import subprocess
+    argv = ["sh", "-c", command]
+    if not sudo and sudo_user and sudo_user != "root":
+        argv = ["runuser", "-u", sudo_user, "--", *argv]
+    try:
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL)
+    except OSError:
+        return 127, ""
+    rc = p.returncode if p.returncode >= 0 else 128 - p.returncode  # as the shell's $?
+    return rc, p.stdout.decode("utf-8", "surrogateescape")
+
+
+def _load_times(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            times = json.load(f)
+        return times if isinstance(times, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_times(path, times):
+    try:
+        with open(path + ".new", "w", encoding="utf-8") as f:
+            json.dump(times, f)
+        os.replace(path + ".new", path)
+    except OSError:
+        pass
+
+
+def run_plan(path, sudo_user="", lanes=2, times_path=TIMES):
+    """The whole fact plan in this process: [(rc, identity, output)] in plan order, or None
+    when the plan has no PLAN_JSON line (an older plan: the shell runs it).
+
+    The shell facts run `lanes` at a time (threads waiting on their processes, each taking
+    the next fact when free, the slowest of the last run first: times_path), the Python
+    facts meanwhile in this thread: one interpreter for the plan, no subshell per fact."""
+    entries = None
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            if line.startswith(PLAN_JSON):
+                entries = json.loads(line[len(PLAN_JSON):])
+                break
+    if entries is None:
+        return None
+    import itertools
+    import threading
+    import time
+    results = [None] * len(entries)
+    before, took = _load_times(times_path), {}
+    shell = sorted((n for n, e in enumerate(entries) if not e[3]),
+                   key=lambda n: -before.get(entries[n][0][-40:], 0))
+    queue = itertools.count()  # next() is atomic: each lane takes the next fact
+
+    def lane():
+        for i in queue:
+            if i >= len(shell):
+                return
+            identity, sudo, command, _ = entries[shell[i]]
+            start = time.monotonic()
+            results[shell[i]] = _shell(identity, sudo, command, sudo_user)
+            took[identity[-40:]] = round((time.monotonic() - start) * 1000, 1)
+
+    threads = [threading.Thread(target=lane) for _ in range(lanes)]
+    for t in threads:
+        t.start()
+    for n, (identity, sudo, command, spec) in enumerate(entries):
+        if spec:
+            # no script on the host: its command's other branch (the CLI), run as F would
+            results[n] = run(spec) or _shell(identity, sudo, command, sudo_user)
+    for t in threads:
+        t.join()
+    if times_path:
+        _save_times(times_path, took)
+    return [(r[0], e[0], r[1]) for r, e in zip(results, entries) if r is not None]
+
+
+def check(source, memo, record, key, text):
+    """The memo's verdict over the plan's output, by watchme/noop_answers.py's own code."""
+    ns = {"__name__": "noop_answers", "__builtins__": __builtins__}
+    exec(compile(source, "noop_answers.py", "exec"), ns)
+    return "memo=" + ns["verdict"](memo, record, key, text)
+
+
 def main(argv):
-    """argv[0]: JSON [[identity, spec], ...] (the plan's B line); prints each answer."""
+    """B JSON: the Python facts of a plan's B line ([[identity, spec], ...]).
+    plan PATH [--check SOURCE MEMO RECORD KEY VERDICT]: the whole plan (run_plan), printed
+    at once; with --check the memo's verdict is written to VERDICT. Exit 3: no PLAN_JSON."""
     out = sys.stdout.buffer
-    for identity, spec in json.loads(argv[0]):
+    if argv[:1] == ["plan"]:
+        answers = run_plan(argv[1], os.environ.get("SUDO_USER", ""))
+        if answers is None:
+            return 3
+        text = "".join(block(rc, identity, output) for rc, identity, output in answers)
+        out.write(text.encode("utf-8", "surrogateescape"))
+        out.flush()
+        if argv[2:3] == ["--check"]:
+            source, memo, record, key, verdict = argv[3:8]
+            with open(verdict, "w", encoding="utf-8") as f:
+                f.write(check(source, memo, record, key, text) + "\n")
+        return 0
+    for identity, spec in json.loads(argv[-1]):
         answer = run(spec)
         if answer is not None:
             out.write(block(answer[0], identity, answer[1]).encode("utf-8", "surrogateescape"))

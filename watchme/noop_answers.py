@@ -150,6 +150,12 @@ def record_commit(path):
 
 def host_check(memo_path, record_path, key, output_path):
     """On the host: 'hit <memo JSON>' when the memo holds this key and these answers."""
+    with open(output_path, encoding="utf-8", errors="surrogateescape") as f:
+        return verdict(memo_path, record_path, key, f.read())
+
+
+def verdict(memo_path, record_path, key, text):
+    """host_check over the plan's output text (watchme/fact_batch.py calls it in-process)."""
     try:
         with open(memo_path, encoding="utf-8") as f:
             memo = json.loads(f.read())
@@ -157,8 +163,7 @@ def host_check(memo_path, record_path, key, output_path):
         return "miss no memo on the host"
     if not isinstance(memo, dict) or memo.get("key") != key:
         return "miss the inputs differ from the memoized run's"
-    with open(output_path, encoding="utf-8", errors="surrogateescape") as f:
-        blocks = blocks_from_output(f.read())
+    blocks = blocks_from_output(text)
     if not blocks:
         return "miss no fact plan on the host"
     commit = record_commit(record_path)

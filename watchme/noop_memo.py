@@ -47,11 +47,11 @@ import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchme import lock as wl
+from watchme.fact_batch import PLAN_JSON
 from watchme.targets import DEFAULT_TESTHOST, ENTRY_RE, IP_RE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,18 +290,35 @@ class Answer:
     record: dict = field(default_factory=dict)
 
 
-def check(target: Target, key: str, holder: dict, wait: int, want_facts: bool) -> Answer:
+def connect(target: Target) -> subprocess.Popen | None:
+    """Start the host's ssh command now, its script to follow on stdin (lock.STDIN_OPENING):
+    the connection's handshake (~1 s over a 100 ms RTT, 0.3 s locally) then overlaps the
+    inputs key, the holder and the script, instead of following them."""
+    try:
+        return subprocess.Popen([*target.ssh, wl.STDIN_OPENING], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError:
+        return None
+
+
+def check(target: Target, key: str, holder: dict, wait: int, want_facts: bool,
+          proc: subprocess.Popen | None = None) -> Answer:
+    """The memo check of one host, through `proc` (connect()) or a new ssh command."""
     record = {"status": "ok", "started": holder["since"], "finished": holder["since"],
               "by": holder["by"], "commit": holder["commit"], "changed": 0,
               "changed_operations": [], "memo": True}
     source = (Path(__file__).with_name("noop_answers.py")).read_text()
-    command = wl.opening("memo", holder=holder, record=record, wait=wait, facts=want_facts,
-                         key=host_key(key, target.name), check=source)
+    script = wl.script("memo", holder=holder, record=record, wait=wait, facts=want_facts,
+                       key=host_key(key, target.name), check=source)
+    proc = proc or connect(target)
+    if proc is None:
+        return Answer(target, "error", "ssh: could not start OpenSSH")
     try:
-        p = subprocess.run([*target.ssh, command], capture_output=True, text=True,
-                           timeout=wait + 600)
+        stdout, stderr = proc.communicate(script, timeout=wait + 600)
     except (OSError, subprocess.SubprocessError) as e:
+        proc.kill()
         return Answer(target, "error", f"ssh: {e}")
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     lines = p.stdout.splitlines()
     lock_lines, rest = wl.split(lines)
     out = wl.parse(lock_lines)
@@ -344,7 +361,10 @@ def fact_record(name: str, blob: str) -> dict:
 def planned_commands(body: str) -> list[tuple[str, str]]:
     """[(identity, command)] of a fact plan's body (watchme/prefetch.py plan_text): the
     `F <sudo> <identity> <command>` lines and the Python facts of its `B <json>` line."""
-    words = shlex.split(body)  # a quoted command may span lines (and hold # lines)
+    for line in body.splitlines():
+        if line.startswith(PLAN_JSON):  # the whole plan as JSON (watchme/fact_batch.py)
+            return [(identity, command) for identity, _, command, _ in json.loads(line[3:])]
+    words = shlex.split(body, comments=True)  # a quoted command may span lines (and # lines)
     out, i = [], 0
     while i < len(words):
         if words[i] == "F" and i + 3 < len(words):
@@ -409,23 +429,35 @@ def fast_path(options: Options, root: Path, env: dict) -> tuple[int | None, str]
     """(exit code, "") when the memo answered for every host; (None, why) to run pyinfra.
 
     The inputs key is returned in env[KEY_ENV] either way (for pyinfra to write the memo)."""
+    hosts, wait, why = [], 0, ""
+    if options.full:
+        why = "--full"
+    elif not options.fast:
+        why = "an option the memo does not cover"
+    else:
+        try:
+            hosts = limited(targets(env), options.limits)
+            wait = lock_wait(options, root)
+        except NoFastPath as e:
+            hosts, why = [], str(e)
+        if not hosts and not why:
+            why = "--limit matches no host the memo knows"
+    procs = [connect(t) for t in hosts]  # first: the handshakes run while the key is made
     holder = wl.holder(env)
     env[KEY_ENV] = inputs_key(root, env, options, holder["commit"])
-    if options.full:
-        return None, "--full"
-    if not options.fast:
-        return None, "an option the memo does not cover"
-    try:
-        hosts = limited(targets(env), options.limits)
-        wait = lock_wait(options, root)
-    except NoFastPath as e:
-        return None, str(e)
-    if not hosts:
-        return None, "--limit matches no host the memo knows"
+    if why:
+        return None, why
     want_facts = bool(env.get("WATCHME_RECORD_DIR"))
-    with ThreadPoolExecutor(len(hosts)) as pool:
-        answers = list(pool.map(lambda t: check(t, env[KEY_ENV], holder, wait, want_facts),
-                                hosts))
+    proc_of = dict(zip((t.name for t in hosts), procs))
+
+    def one(t: Target) -> Answer:
+        return check(t, env[KEY_ENV], holder, wait, want_facts, proc_of[t.name])
+    if len(hosts) == 1:  # (concurrent.futures and logging: ~10 ms of imports for nothing)
+        answers = [one(hosts[0])]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(len(hosts)) as pool:
+            answers = list(pool.map(one, hosts))
     for a in answers:
         _lock_notes(a, wait)
     if env.get("WATCHME_RECORD_DIR"):

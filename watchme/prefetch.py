@@ -68,6 +68,7 @@ from pyinfra.api.facts import _MISSING_COMMAND_MARKER as MISSING, _handle_fact_k
 from pyinfra.context import ctx_host, ctx_state
 
 from watchme import lock as wl
+from watchme.fact_batch import PLAN_JSON
 
 PLAN = "/var/lib/watchme/fact-plan.sh"
 MARK = "@@watchme-fact"
@@ -228,15 +229,18 @@ class Prefetch:
     def plan_text(self) -> str:
         """The plan file: exactly what this run read (facts no longer used drop out).
 
-        The Python facts first, as one `B` line (one python3 for all of them, in the
-        background: watchme/fact_batch.py, lock.py), then an `F` line per shell fact, then
-        `W` (the batch's answers). B and W are asked for with `type`, so a lock script that
-        predates them runs the F lines only (the batched facts are then read live)."""
+        First a `#J` comment: every fact as JSON, for the lock script's one-process runner
+        (watchme/fact_batch.py run_plan, which also checks the memo). The rest is for a host
+        without python3: the Python facts as one `B` line (one python3 for all of them, in
+        the background), an `F` line per shell fact (two lanes), then `W` (the batch's
+        answers). B and W are asked for with `type`, so a lock script that predates them
+        runs the F lines only (the batched facts are then read live)."""
         entries, _ = self._planned()
         # each with its command too: the fact record (watchme/noop_memo.py) names it
         batched = [[identity, {**batch, "command": command}]
                    for identity, _, command, _, batch in entries if batch is not None]
-        text = PLAN_HEADER
+        text = PLAN_HEADER + PLAN_JSON + json.dumps(
+            [[identity, sudo, command, batch] for identity, sudo, command, _, batch in entries]) + "\n"
         if batched:
             # (" ; " with spaces: shlex.split gives the JSON as a word of its own)
             text += f"if type B >/dev/null 2>&1 ; then B {shlex.quote(json.dumps(batched))} ; fi\n"
