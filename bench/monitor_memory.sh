@@ -71,6 +71,20 @@ except (ValueError, KeyError, TypeError):
 print(f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:6.1f} MiB  {label}")
 '
 F() { python3 -c "$PEAK" "$@"; }
+# The plan's Python facts (its B line) and the whole plan in one python3 (what a no-op's
+# lock command runs, watchme/fact_batch.py): measured when that file's text is in $BATCH
+# (bench/noop_memory.py sends it; this script alone on the host has no copy of it).
+RUNNER='
+import os, resource, subprocess, sys
+subprocess.run(["python3", "-c", os.environ["BATCH"], *sys.argv[2:]], stdin=subprocess.DEVNULL,
+               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:6.1f} MiB  {sys.argv[1]}")
+'
+B() { [ -z "${BATCH:-}" ] || BATCH="$BATCH" python3 -c "$RUNNER" "the plan's Python facts in one python3 (B)" B "$1"; }
+W() { :; }
 echo "fact plan $plan: each planned fact's peak RSS, largest first:"
-# shellcheck disable=SC1090  # the plan defines nothing but F lines (watchme/prefetch.py)
-. "$plan" | sort -rn | head -n "${4:-10}"
+# shellcheck disable=SC1090  # the plan defines nothing but F, B and W lines (watchme/prefetch.py)
+{ . "$plan"
+  [ -z "${BATCH:-}" ] || BATCH="$BATCH" python3 -c "$RUNNER" \
+    "the whole plan in one python3 (the lock command's run_plan)" plan "$plan"
+} | sort -rn | head -n "${4:-10}"

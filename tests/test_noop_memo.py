@@ -384,6 +384,18 @@ def test_the_plans_python_facts_answer_in_one_process_as_their_own_commands(conv
         assert answers["Candidates"][0].startswith("/watchme-alpha-candidate alpha 172.27.")
         assert '"watchme-alpha"' in answers["RunningContainers"][0]
         assert answers["NetworkReport"][-1] == "@@exit=0"
+        # The whole plan in one python3 (what the lock command runs: run_plan) answers as
+        # the plan's shell lines do (the path of a host without python3).
+        source = f"BATCH={shlex.quote(wl.batch_source())}\n"
+        run_plan = source + 'python3 -c "$BATCH" plan ' + wl.PLAN
+        shell_lines = source + functions + ". " + wl.PLAN
+        runner = host.run("sh -c " + shlex.quote(run_plan))
+        shell = host.run("sh -c " + shlex.quote(shell_lines))
+        assert runner.rc == 0 and shell.rc == 0, (runner.stderr, shell.stderr)
+        by_runner = noop_answers.blocks_from_output(runner.stdout)
+        assert len(by_runner) == len(noop_memo.planned_commands(plan)) > 20
+        assert noop_answers.canonical(by_runner) == \
+            noop_answers.canonical(noop_answers.blocks_from_output(shell.stdout))
     finally:
         host.run("docker rm -f watchme-alpha-candidate")
 

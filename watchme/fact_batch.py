@@ -14,20 +14,28 @@ time on the host (bench/RESULTS.md). Here each such fact is described once, as a
         [|| true | ; echo "@@exit=$?"]; [else FALLBACK;] fi
     python3 -c CODE ARGV...                          (a Call with code= instead of script=)
 
-and `run()` is the same call inside one python3 process, which the fact plan runs for all
-of them at once (the plan's `B` line, watchme/prefetch.py; started by the lock script,
-watchme/lock.py, next to the shell facts): each script is executed as `python3 SCRIPT`
-would (its text as __main__, sys.argv, sys.path[0] its directory, SystemExit as the exit
-code, stdout kept, stderr kept only where the command has `2>&1`, appended after stdout),
-and printed as the plan's F function prints a fact (`@@watchme-fact <rc> <identity>`, the
-output byte for byte, a newline added if it lacks one). The modules the scripts import
-are loaded once. A script that is not on the host answers what the command's `if` does: 
-nothing (exit 0), or, when the command has a FALLBACK (another way to answer without the
-script), no answer at all: pyinfra then reads that fact live with its own command.
+and `run()` is the same call inside one python3 process: the script's code run as
+`python3 SCRIPT` would run it (as __main__, sys.argv, sys.path[0] its directory,
+SystemExit as the exit code, stdout kept, stderr kept only where the command has `2>&1`,
+appended after stdout), printed as the plan's F function prints a fact (`@@watchme-fact
+<rc> <identity>`, the output byte for byte, a newline added if it lacks one). The modules
+the scripts import are loaded once. A script that is not on the host answers what the
+command's `if` does: nothing (exit 0), or its FALLBACK (the CLI) when the command has one.
+
+The lock command (watchme/lock.py) runs the host's whole fact plan here, in one python3
+(`plan PATH`, run_plan): the plan's `#J` line lists every fact (watchme/prefetch.py); the
+shell facts run two at a time (the host has two cores), the slowest of the last run first,
+each exactly as F runs it (`sh -c`, or runuser for a login-user fact), while this thread
+answers the Python facts; in the memo check (`--check`) the same process then computes the
+memo's verdict with watchme/noop_answers.py's code. One interpreter, no subshell per
+fact. Without python3, or with a plan older than its `#J` line, the shell runs the plan's
+own lines instead (`F` per shell fact in two lanes; `B JSON`: this file's `main` for the
+Python facts, in the background).
 
 Stdlib only; this file's text is sent with the lock command (so a host needs nothing
-installed for it) and run there as `python3 -c TEXT '<json>'`. tests/test_fact_batch.py
-checks on a real host that each batched answer equals the live command's, byte for byte.
+installed for it) and run there as `python3 -c TEXT ...`. tests/test_noop_memo.py checks
+on a real host that each Python fact answers here as its own command does, byte for byte,
+and that the whole plan answers here as through the shell's lines.
 """
 
 import io
@@ -99,13 +107,17 @@ def run(spec):
         sys.path[0] = os.path.dirname(os.path.abspath(script)) if script else ""
     code = 0
     try:
+        glob = {"__name__": "__main__", "__builtins__": __builtins__}
         if script:
-            with open(script, "rb") as f:
-                source = f.read()
-            glob = {"__name__": "__main__", "__file__": script, "__builtins__": __builtins__}
+            # The script's bytecode as an import would load it (its __pycache__, written
+            # next to it, kept while the file is unchanged): compiling the text each time
+            # raised the process's peak by ~1 MiB (bench/noop_memory.py).
+            from importlib.machinery import SourceFileLoader
+            code = SourceFileLoader("__main__", script).get_code("__main__")
+            glob["__file__"] = script
         else:
-            source, glob = spec["code"], {"__name__": "__main__", "__builtins__": __builtins__}
-        exec(compile(source, script or "<string>", "exec"), glob)
+            code = compile(spec["code"], "<string>", "exec")
+        exec(code, glob)
     except SystemExit as e:
         code = _exit_code(e)
     except BaseException:  # noqa: BLE001 - as the interpreter: traceback, exit 1

@@ -209,9 +209,6 @@ AS_ROOT = ('if [ "$(id -u)" = 0 ]; then exec sh -c "$s"; '
            'elif sudo -n true 2>/dev/null; then exec sudo -H -n sh -c "$s"; '
            'else echo status=no-sudo; fi')
 OPENING = "s={s}; " + AS_ROOT
-# The same with the script on stdin (`watchme deploy`'s memo check starts ssh before it has
-# built the script: the connection's handshake overlaps that work).
-STDIN_OPENING = "s=$(cat); " + AS_ROOT
 
 
 def script(mode: str, holder: dict | None = None, record: dict | None = None,

@@ -290,35 +290,20 @@ class Answer:
     record: dict = field(default_factory=dict)
 
 
-def connect(target: Target) -> subprocess.Popen | None:
-    """Start the host's ssh command now, its script to follow on stdin (lock.STDIN_OPENING):
-    the connection's handshake (~1 s over a 100 ms RTT, 0.3 s locally) then overlaps the
-    inputs key, the holder and the script, instead of following them."""
-    try:
-        return subprocess.Popen([*target.ssh, wl.STDIN_OPENING], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except OSError:
-        return None
-
-
-def check(target: Target, key: str, holder: dict, wait: int, want_facts: bool,
-          proc: subprocess.Popen | None = None) -> Answer:
-    """The memo check of one host, through `proc` (connect()) or a new ssh command."""
+def check(target: Target, key: str, holder: dict, wait: int, want_facts: bool) -> Answer:
+    """The memo check of one host: one ssh command, the script in its command line (on
+    stdin it would cost a round trip more: OpenSSH sends stdin once the session is open)."""
     record = {"status": "ok", "started": holder["since"], "finished": holder["since"],
               "by": holder["by"], "commit": holder["commit"], "changed": 0,
               "changed_operations": [], "memo": True}
     source = (Path(__file__).with_name("noop_answers.py")).read_text()
-    script = wl.script("memo", holder=holder, record=record, wait=wait, facts=want_facts,
-                       key=host_key(key, target.name), check=source)
-    proc = proc or connect(target)
-    if proc is None:
-        return Answer(target, "error", "ssh: could not start OpenSSH")
+    command = wl.opening("memo", holder=holder, record=record, wait=wait, facts=want_facts,
+                         key=host_key(key, target.name), check=source)
     try:
-        stdout, stderr = proc.communicate(script, timeout=wait + 600)
+        p = subprocess.run([*target.ssh, command], capture_output=True, text=True,
+                           timeout=wait + 600)
     except (OSError, subprocess.SubprocessError) as e:
-        proc.kill()
         return Answer(target, "error", f"ssh: {e}")
-    p = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     lines = p.stdout.splitlines()
     lock_lines, rest = wl.split(lines)
     out = wl.parse(lock_lines)
@@ -442,16 +427,14 @@ def fast_path(options: Options, root: Path, env: dict) -> tuple[int | None, str]
             hosts, why = [], str(e)
         if not hosts and not why:
             why = "--limit matches no host the memo knows"
-    procs = [connect(t) for t in hosts]  # first: the handshakes run while the key is made
     holder = wl.holder(env)
     env[KEY_ENV] = inputs_key(root, env, options, holder["commit"])
     if why:
         return None, why
     want_facts = bool(env.get("WATCHME_RECORD_DIR"))
-    proc_of = dict(zip((t.name for t in hosts), procs))
 
     def one(t: Target) -> Answer:
-        return check(t, env[KEY_ENV], holder, wait, want_facts, proc_of[t.name])
+        return check(t, env[KEY_ENV], holder, wait, want_facts)
     if len(hosts) == 1:  # (concurrent.futures and logging: ~10 ms of imports for nothing)
         answers = [one(hosts[0])]
     else:
