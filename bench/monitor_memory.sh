@@ -87,4 +87,10 @@ echo "fact plan $plan: each planned fact's peak RSS, largest first:"
 { . "$plan"
   [ -z "${BATCH:-}" ] || BATCH="$BATCH" python3 -c "$RUNNER" \
     "the whole plan in one python3 (the lock command's run_plan)" plan "$plan"
+  # and the memo check's: the same with the verdict (any key: the hashing runs only when
+  # the key matches, so the memo's own key is read from it)
+  key=$(sed -n 's/.*"key": "\([0-9a-f]*\)".*/\1/p' /var/lib/watchme/noop-memo 2>/dev/null)
+  [ -z "${BATCH:-}" ] || [ -z "${CHECK:-}" ] || BATCH="$BATCH" python3 -c "$RUNNER" \
+    "the memo check: the plan and the verdict in one python3" plan "$plan" --check "$CHECK" \
+    /var/lib/watchme/noop-memo /var/lib/watchme/last-deploy.json "${key:-none}" /dev/null
 } | sort -rn | head -n "${4:-10}"
