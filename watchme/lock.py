@@ -54,15 +54,28 @@ work={work}
 record={record}
 plan={plan}
 memo={memo}
-mkdir -p {lock_dir}
-[ -e "$work" ] || : > "$work"
-chmod 0644 "$work"
+# (The shell's own read where a process would do: every no-op runs this; ~20 processes
+# fewer, ~30 ms of the host's time.)
+[ -d {lock_dir} ] || mkdir -p {lock_dir}
+[ -e "$work" ] || {{ : > "$work"; chmod 0644 "$work"; }}
 exec 9>"$lock.guard"
-starttime() {{ sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }}
+# st: field 22 of /proc/PID/stat (start time), after the ")" that ends the command name
+starttime() {{
+  st=""; line=""
+  IFS= read -r line 2>/dev/null < "/proc/$1/stat" || return 0
+  set -- ${{line##*) }}
+  st=${{20:-}}
+}}
 p=$$
 while [ "$p" -gt 1 ]; do
-  case "$(cat /proc/$p/comm)" in sshd|sshd-session) break ;; esac
-  p=$(awk '/^PPid:/ {{print $2}}' "/proc/$p/status")
+  comm=""
+  IFS= read -r comm 2>/dev/null < "/proc/$p/comm" || true
+  case "$comm" in sshd|sshd-session) break ;; esac
+  pp=1
+  if [ -r "/proc/$p/status" ]; then
+    while read -r k v; do case "$k" in PPid:) pp=$v; break ;; esac; done < "/proc/$p/status"
+  fi
+  p=$pp
 done
 inspect() {{
   opid=""; ostart=""; oholder=""; alive=no; why=""
@@ -71,7 +84,8 @@ inspect() {{
     oholder=$(sed -n 2p "$lock")
   fi
   [ -n "$opid" ] || return 0
-  if [ "$(starttime "$opid")" = "$ostart" ]; then alive=yes; why=session; fi
+  starttime "$opid"
+  if [ "$st" = "$ostart" ]; then alive=yes; why=session; fi
   if ! flock -n -x "$work" true; then alive=yes; why=${{why:-work}}; fi
 }}
 # F: one planned fact. Its stdout is kept byte for byte (the "." keeps $(...) from eating
@@ -116,7 +130,9 @@ W() {{
 }}
 if [ "$p" -le 1 ] && [ "$MODE" != show ] && [ "$MODE" != break ]; then echo "status=no-session"; exit 0; fi
 echo "session=$p"
-echo "record=$(head -n1 "$record" 2>/dev/null || true)"
+rec=""
+IFS= read -r rec 2>/dev/null < "$record" || true
+echo "record=$rec"
 waited=0
 while :; do
   flock -w 20 9
@@ -136,7 +152,8 @@ take|memo)
     echo "status=held"; echo "holder=$oholder"; echo "holder_pid=$opid"; echo "alive=$why"; exit 0
   fi
   if [ -n "$opid" ] && [ "$alive" = no ]; then echo "stale=$oholder"; fi
-  printf '%s %s\n%s\n' "$p" "$(starttime "$p")" "$HOLDER" > "$lock.new"
+  starttime "$p"
+  printf '%s %s\n%s\n' "$p" "$st" "$HOLDER" > "$lock.new"
   mv "$lock.new" "$lock"
   echo "status=taken" ;;
 release)
@@ -174,8 +191,8 @@ if [ "$MODE" = memo ]; then
     if [ -f "$plan" ]; then
       run_plan --check "$CHECK" "$memo" "$record" "$KEY" "$mout.v" > "$mout" || . "$plan" > "$mout"
     fi
-    verdict=$(cat "$mout.v" 2>/dev/null) || verdict=""
-    rm -f "$mout.v"
+    verdict=""
+    IFS= read -r verdict 2>/dev/null < "$mout.v" || true
     [ -n "$verdict" ] || verdict=$(python3 -c "$CHECK" "$memo" "$record" "$KEY" "$mout" 2>/dev/null) ||
       verdict="memo=miss the host's python3 could not check the memo"
   fi
@@ -197,7 +214,7 @@ if [ "$MODE" = memo ]; then
     {{ cat "$plan" 2>/dev/null || true; echo "{facts}"; cat "$mout"; }} | gzip -c | base64 | tr -d '\n'
     echo
   fi
-  rm -f "$mout"
+  rm -f "$mout" "$mout.v"
 fi
 """
 
