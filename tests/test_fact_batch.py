@@ -145,3 +145,15 @@ def test_slowest_first_from_the_last_runs_times(tmp_path):
     took = json.loads(times.read_text())
     slow = entries[1][0][-40:]
     assert max(took, key=took.get) == slow and took[slow] >= 300
+
+
+def test_a_shell_fact_gets_sigpipe_back_as_under_the_shell(tmp_path):
+    """Python ignores SIGPIPE; a fact must not inherit that (under sh, SIGPIPE ends a
+    process: what ends `cmd` in `cmd | head -n1`)."""
+    entries = [[json.dumps({"fact": ["pipe"], "sha": "1"}), 1,
+                "echo before; kill -PIPE $$; echo survived", None]]
+    plan = tmp_path / "plan.sh"
+    plan.write_text("# p\n" + PLAN_JSON + json.dumps(entries) + "\n")
+    out = subprocess.run([sys.executable, "-c", wl.batch_source(), "plan", str(plan)],
+                         capture_output=True, text=True, timeout=20)
+    assert out.stdout.splitlines() == [f"@@watchme-fact {128 + 13} {entries[0][0]}", "before"]

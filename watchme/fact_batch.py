@@ -172,7 +172,10 @@ class _Shells:
         # otherwise reaped by the handler before it was known, and never answered.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
-            pid = os.posix_spawnp(argv[0], argv, os.environ, setsigmask=(), file_actions=[
+            # Python ignores SIGPIPE and SIGXFSZ; the child gets them back as a shell's
+            # child has them (`cmd | head -n1` ends cmd as under F), as subprocess does.
+            pid = os.posix_spawnp(argv[0], argv, os.environ, setsigmask=(),
+                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, fd, 1),
                 (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0)])
