@@ -322,6 +322,7 @@ def main(argv):
         if answers is None:
             return 3
         text = "".join(block(rc, identity, output) for rc, identity, output in answers)
+        del answers  # (one copy of every answer fewer while the verdict is computed)
         out.write(text.encode("utf-8", "surrogateescape"))
         out.flush()
         if argv[2:3] == ["--check"]:
