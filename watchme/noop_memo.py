@@ -52,7 +52,7 @@ from pathlib import Path
 
 from watchme import lock as wl
 from watchme.fact_batch import PLAN_JSON
-from watchme.targets import DEFAULT_TESTHOST, ENTRY_RE, IP_RE
+from watchme.targets import DEFAULT_TESTHOST, IP_RE, entries
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "WATCHME_MEMO_KEY"  # set by `watchme deploy` for the pyinfra run it starts
@@ -223,14 +223,9 @@ def targets(env: dict) -> list[Target]:
     base = _ssh_base(env.get("WATCHME_KNOWN_HOSTS"), env.get("WATCHME_SSH_KEY"),
                      env.get("WATCHME_SSH_CONFIG"))
     out: list[Target] = []
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        m = ENTRY_RE.match(item)
+    for item, m, address, name in entries(spec):
         if not m:
             raise NoFastPath(f"WATCHME_HOSTS entry {item!r} is not valid")
-        address = m["host"].strip("[]")
-        name = m["name"] or (f"{address}:{m['port']}" if m["port"] else address)
         cmd = list(base)
         if m["port"]:
             cmd += ["-p", m["port"]]

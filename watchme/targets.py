@@ -71,6 +71,23 @@ def _port(item: str, port, where: str = "port") -> int:
     return int(port)
 
 
+def entries(spec: str):
+    """Each non-empty entry of WATCHME_HOSTS as (item, match, address, name): match is None
+    for an entry that is not `[name=][user@]host[:port]` (the caller says so its own way);
+    a bare entry's name is its address, with the port when one is given. The inventory and
+    `watchme deploy`'s no-op memo (which must name hosts as the inventory does) both read
+    the variable through this."""
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        m = ENTRY_RE.match(item)
+        if not m:
+            yield item, None, "", ""
+            continue
+        address = m["host"].strip("[]")
+        yield item, m, address, m["name"] or (f"{address}:{m['port']}" if m["port"] else address)
+
+
 def parse_hosts(spec: str, default_user: str, env: dict | None = None) -> list[tuple[str, dict]]:
     """`[name=][user@]host[:port],...` into pyinfra (name, data) pairs.
 
@@ -82,13 +99,9 @@ def parse_hosts(spec: str, default_user: str, env: dict | None = None) -> list[t
     env = {} if env is None else env
     config = path = None
     hosts = []
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        m = ENTRY_RE.match(item)
+    for item, m, address, name in entries(spec):
         if not m:
             raise TargetError(f"WATCHME_HOSTS: {item!r} is not {FORM}; fix: {EXAMPLE}")
-        address = m["host"].strip("[]")
         data: dict = {}
         if not m["host"].startswith("[") and not IP_RE.search(address):
             if config is None:
@@ -99,7 +112,6 @@ def parse_hosts(spec: str, default_user: str, env: dict | None = None) -> list[t
             data["ssh_user"] = m["user"] or default_user
         if m["port"]:
             data["ssh_port"] = _port(item, m["port"])
-        name = m["name"] or (f"{address}:{m['port']}" if m["port"] else address)
         if any(name == other for other, _ in hosts):
             raise TargetError(f"WATCHME_HOSTS: {name!r} is named twice; fix: one entry per "
                               "host, e.g. name=user@addr to tell two apart")
