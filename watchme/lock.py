@@ -120,7 +120,7 @@ B() {{
 # the shell runs the plan's lines) without python3 or with a plan older than its JSON line.
 run_plan() {{
   [ -n "$BATCH" ] && command -v python3 >/dev/null 2>&1 &&
-    python3 -c "$BATCH" plan "$plan" "$@" </dev/null 2>/dev/null
+    python3 -c "$BATCH" plan "$plan" "$@" 2>/dev/null
 }}
 W() {{
   if [ -n "${{bout:-}}" ]; then
@@ -181,20 +181,26 @@ esac
 exec 9>&-
 if [ "$MODE" = take ] || [ "$MODE" = check ]; then
   echo "{facts}"
-  if [ "$FACTS" = 1 ] && [ -f "$plan" ]; then run_plan || . "$plan"; fi
+  if [ "$FACTS" = 1 ] && [ -f "$plan" ]; then run_plan </dev/null || . "$plan"; fi
 fi
 if [ "$MODE" = memo ]; then
   mout=$(mktemp "{lock_dir}/memo.XXXXXX")
-  if ! grep -qF "\"key\": \"$KEY\"" "$memo" 2>/dev/null; then
+  # KEY=-: the inputs key comes on stdin (one line), sent while ssh connects; the runner
+  # reads it once the plan has run, so neither side waits for the other.
+  if [ "$KEY" != - ] && ! grep -qF "\"key\": \"$KEY\"" "$memo" 2>/dev/null; then
     verdict="memo=miss the inputs differ from the memoized run's (or no memo)"
   else
     if [ -f "$plan" ]; then
-      run_plan --check "$CHECK" "$memo" "$record" "$KEY" "$mout.v" > "$mout" || . "$plan" > "$mout"
+      run_plan --check "$CHECK" "$memo" "$record" "$KEY" "$mout.v" > "$mout" ||
+        . "$plan" > "$mout" </dev/null
     fi
     verdict=""
     IFS= read -r verdict 2>/dev/null < "$mout.v" || true
-    [ -n "$verdict" ] || verdict=$(python3 -c "$CHECK" "$memo" "$record" "$KEY" "$mout" 2>/dev/null) ||
-      verdict="memo=miss the host's python3 could not check the memo"
+    if [ -z "$verdict" ]; then
+      [ "$KEY" != - ] || IFS= read -r KEY || true
+      verdict=$(python3 -c "$CHECK" "$memo" "$record" "$KEY" "$mout" 2>/dev/null </dev/null) ||
+        verdict="memo=miss the host's python3 could not check the memo"
+    fi
   fi
   echo "$verdict"
   exec 9>"$lock.guard"
@@ -329,13 +335,19 @@ def age(since: str, at: datetime | None = None) -> str:
 def commit(env: dict | None = None) -> str:
     """The deploying checkout's commit (short), '-dirty' when tracked files differ from it."""
     env = os.environ if env is None else env
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               text=True, capture_output=True, timeout=10).stdout.strip()
-        return f"{sha}-dirty" if dirty else sha
+    procs = []
+    try:  # both at once: every deploy asks before its first ssh command
+        for cmd in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]):
+            procs.append(subprocess.Popen(["git", *cmd], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL))
+        (sha, _), (dirty, _) = (p.communicate(timeout=10) for p in procs)
+        if procs[0].returncode != 0:
+            raise OSError("git rev-parse failed")
+        return f"{sha.strip()}-dirty" if dirty.strip() else sha.strip()
     except (OSError, subprocess.SubprocessError):
+        for p in procs:
+            p.kill()
+            p.wait()
         return (env.get("GITHUB_SHA") or "unknown")[:7]
 
 
