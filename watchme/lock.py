@@ -80,8 +80,7 @@ done
 inspect() {{
   opid=""; ostart=""; oholder=""; alive=no; why=""
   if [ -s "$lock" ]; then
-    read -r opid ostart < "$lock" || true
-    oholder=$(sed -n 2p "$lock")
+    {{ read -r opid ostart; IFS= read -r oholder; }} < "$lock" || true
   fi
   [ -n "$opid" ] || return 0
   starttime "$opid"
@@ -184,7 +183,7 @@ if [ "$MODE" = take ] || [ "$MODE" = check ]; then
   if [ "$FACTS" = 1 ] && [ -f "$plan" ]; then run_plan </dev/null || . "$plan"; fi
 fi
 if [ "$MODE" = memo ]; then
-  mout=$(mktemp "{lock_dir}/memo.XXXXXX")
+  mout={lock_dir}/memo.$$  # (this process holds the lock: no other memo check runs)
   # KEY=-: the inputs key comes on stdin (one line), sent while ssh connects; the runner
   # reads it once the plan has run, so neither side waits for the other.
   if [ "$KEY" != - ] && ! grep -qF "\"key\": \"$KEY\"" "$memo" 2>/dev/null; then

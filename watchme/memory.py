@@ -23,7 +23,7 @@ class CgroupMemoryLimit(FactBase):
             'case "$ctrl" in memory) f=/sys/fs/cgroup/memory;; "") f=/sys/fs/cgroup;; *) continue;; esac; '
             'n=memory.max; [ "$ctrl" = memory ] && n=memory.limit_in_bytes; '
             'p=$path; while :; do '
-            '[ -r "$f${p%/}/$n" ] && echo "$(cat "$f${p%/}/$n") $f${p%/}/$n"; '
+            '[ -r "$f${p%/}/$n" ] && IFS= read -r v < "$f${p%/}/$n" && echo "$v $f${p%/}/$n"; '
             '[ -z "$p" ] || [ "$p" = / ] && break; p=${p%/*}; done; '
             "done < /proc/self/cgroup"
         )
