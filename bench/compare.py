@@ -96,7 +96,10 @@ class Target:
                     "-o", "BatchMode=yes", "-o", "ControlMaster=no", f"{host.user}@127.0.0.1"]
 
     def env(self, home: str | None = None) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}
+        # An operator's Python writes bytecode (this machine's environment says not to: the
+        # checkout's modules would be compiled on every run, ~20 ms no laptop pays).
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("WATCHME_") and k != "PYTHONDONTWRITEBYTECODE"}
         env["WATCHME_TESTHOST"] = str(self.state)
         if home:
             env["HOME"] = home
@@ -137,6 +140,40 @@ def changed(p: subprocess.CompletedProcess) -> int:
 
 def median(fn, runs: int) -> float:
     return statistics.median(fn() for _ in range(runs))
+
+
+def host_cpu(name: str) -> float | None:
+    """CPU seconds a test host (its container's cgroup: sshd, sudo, the plan, dockerd,
+    systemd) has used so far; None where this machine's cgroup layout is not known."""
+    cid = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True,
+                         text=True).stdout.strip()
+    for path, scale in ((f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage", 1e9),
+                        (f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat", 1e6),
+                        (f"/sys/fs/cgroup/docker/{cid}/cpu.stat", 1e6)):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("cpu.stat"):
+            text = dict(line.split() for line in text.splitlines())["usage_usec"]
+        return int(text) / scale
+    return None
+
+
+def cpu_cost(fn, name: str, runs: int) -> tuple[float, float] | None:
+    """Medians of (CPU seconds here: the command and its children such as ssh; CPU seconds
+    on the test host) of one run of fn."""
+    import resource
+    local, remote = [], []
+    for _ in range(runs):
+        r0, h0 = resource.getrusage(resource.RUSAGE_CHILDREN), host_cpu(name)
+        fn()
+        r1, h1 = resource.getrusage(resource.RUSAGE_CHILDREN), host_cpu(name)
+        if h0 is None or h1 is None:
+            return None
+        local.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+        remote.append(h1 - h0)
+    return statistics.median(local), statistics.median(remote)
 
 
 def main() -> int:
@@ -206,6 +243,21 @@ def main() -> int:
                 (f"`ssh host true`, {label}", f"{floor:.2f} s", "1 session"),
                 (f"bash one-shot (reduced job), {label}", f"{bash:.2f} s", "1 session"),
             ]
+        # What one no-op costs in CPU, here and on the host: N hosts at once on this machine
+        # share its cores with the N test hosts, so N x (both) / cores is their floor.
+        one.watchme()  # warm-up: the WAN runs took the memo under another name
+        costs = [("`watchme deploy` (memo hit)", lambda: one.watchme()),
+                 ("`ssh host true`", lambda: timed([*one.ssh, "true"])),
+                 ("bash one-shot", lambda: timed([*one.ssh, "sudo", "sh", "-s"], input=script))]
+        cores = os.cpu_count() or 1
+        for label, fn in costs:
+            cost = cpu_cost(fn, hosts[0].name, args.runs)
+            if cost:
+                total = sum(cost)
+                rows.append((f"CPU of one no-op, local, {label}: here + on the host",
+                             f"{cost[0]:.2f} + {cost[1]:.2f} = {total:.2f} s "
+                             f"({len(local)} hosts at once: >= {len(local) * total / cores:.2f} s "
+                             f"on {cores} cores)", ""))
         if len(local) > 1:
             for label, how in (("raw pyinfra", "deploy"), ("`watchme deploy`", "watchme")):
                 def all_at_once() -> float:
