@@ -131,7 +131,7 @@ def disk_guard(docker: Docker, threshold: int, all_images: bool = False, volumes
            "error": None}
     errors: list[str] = []
     try:
-        info = docker.get("/info") or {}
+        info = docker.info()
         out["root"] = info.get("DockerRootDir") or "/var/lib/docker"
         out["percent"] = out["percent_after"] = usage_percent(out["root"])
         if out["percent"] < threshold:

@@ -159,7 +159,7 @@ ANCHOR = "watchme-network-anchor"
 
 def swarm_worker(docker: Docker) -> bool:
     """This engine is in a swarm but not a manager (it cannot create an overlay)."""
-    swarm = (docker.get("/info") or {}).get("Swarm") or {}
+    swarm = docker.info().get("Swarm") or {}
     return swarm.get("LocalNodeState") == "active" and not swarm.get("ControlAvailable")
 
 

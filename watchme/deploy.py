@@ -59,6 +59,8 @@ def main(args: list[str]) -> int:
         print("watchme deploy: no deploy.py and inventory.py here; fix: cd into the "
               "watchme-server-configs checkout and run it again", file=sys.stderr)
         return 2
+    from watchme import lock
+    lock.ask_commit()  # git works while the rest is imported
     from watchme import noop_memo
 
     options = noop_memo.parse_args(args)

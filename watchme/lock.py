@@ -110,16 +110,18 @@ B() {{
   bout=""
   if [ -n "$BATCH" ] && command -v python3 >/dev/null 2>&1; then
     bout=$(mktemp "{lock_dir}/batch.XXXXXX")
-    python3 -c "$BATCH" "$1" > "$bout" 2>/dev/null </dev/null &
+    python3 -S -c "$BATCH" "$1" > "$bout" 2>/dev/null </dev/null &
     bpid=$!
   fi
 }}
+# (python3 -S: the runner, the host scripts and the checker use the standard library only,
+# and site's start-up, Ubuntu's apport hook among it, is ~5 ms of every no-op.)
 # run_plan: the whole plan in one python3 (watchme/fact_batch.py run_plan: shell facts in
 # two lanes, Python facts in-process, with --check the memo's verdict too); fails (and
 # the shell runs the plan's lines) without python3 or with a plan older than its JSON line.
 run_plan() {{
   [ -n "$BATCH" ] && command -v python3 >/dev/null 2>&1 &&
-    python3 -c "$BATCH" plan "$plan" "$@" 2>/dev/null
+    python3 -S -c "$BATCH" plan "$plan" "$@" 2>/dev/null
 }}
 W() {{
   if [ -n "${{bout:-}}" ]; then
@@ -197,7 +199,7 @@ if [ "$MODE" = memo ]; then
     IFS= read -r verdict 2>/dev/null < "$mout.v" || true
     if [ -z "$verdict" ]; then
       [ "$KEY" != - ] || IFS= read -r KEY || true
-      verdict=$(python3 -c "$CHECK" "$memo" "$record" "$KEY" "$mout" 2>/dev/null </dev/null) ||
+      verdict=$(python3 -S -c "$CHECK" "$memo" "$record" "$KEY" "$mout" 2>/dev/null </dev/null) ||
         verdict="memo=miss the host's python3 could not check the memo"
     fi
   fi
@@ -347,14 +349,31 @@ def age(since: str, at: datetime | None = None) -> str:
     return f"{secs // 3600} h {secs % 3600 // 60} min"
 
 
-def commit(env: dict | None = None) -> str:
-    """The deploying checkout's commit (short), '-dirty' when tracked files differ from it."""
-    env = os.environ if env is None else env
-    procs = []
-    try:  # both at once: every deploy asks before its first ssh command
+_ASKED: list = []  # git's answers under way (ask_commit), for the next commit()
+
+
+def ask_commit() -> None:
+    """Start commit()'s two git questions now (`watchme deploy` does before its imports:
+    the holder is needed before its first ssh command, `git status` takes ~20 ms)."""
+    procs: list = []
+    try:
         for cmd in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]):
             procs.append(subprocess.Popen(["git", *cmd], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                                           stderr=subprocess.DEVNULL))
+    except OSError:
+        pass
+    _ASKED.append(procs)
+
+
+def commit(env: dict | None = None) -> str:
+    """The deploying checkout's commit (short), '-dirty' when tracked files differ from it."""
+    env = os.environ if env is None else env
+    if not _ASKED:
+        ask_commit()
+    procs = _ASKED.pop()
+    try:  # both at once
+        if len(procs) != 2:
+            raise OSError("git did not start")
         (sha, _), (dirty, _) = (p.communicate(timeout=10) for p in procs)
         if procs[0].returncode != 0:
             raise OSError("git rev-parse failed")
