@@ -72,11 +72,11 @@ print(f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:6.1f} MiB
 '
 F() { python3 -c "$PEAK" "$@"; }
 # The plan's Python facts (its B line) and the whole plan in one python3 (what a no-op's
-# lock command runs, watchme/fact_batch.py): measured when that file's text is in $BATCH
+# lock command runs, watchme/fact_batch.py, with -S as there): measured when that file's text is in $BATCH
 # (bench/noop_memory.py sends it; this script alone on the host has no copy of it).
 RUNNER='
 import os, resource, subprocess, sys
-subprocess.run(["python3", "-c", os.environ["BATCH"], *sys.argv[2:]], stdin=subprocess.DEVNULL,
+subprocess.run(["python3", "-S", "-c", os.environ["BATCH"], *sys.argv[2:]], stdin=subprocess.DEVNULL,
                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:6.1f} MiB  {sys.argv[1]}")
 '

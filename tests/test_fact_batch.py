@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from tests.conftest import ROOT
 from watchme import lock as wl
 from watchme import noop_answers
 from watchme.fact_batch import PLAN_JSON, Call
@@ -157,3 +158,36 @@ def test_a_shell_fact_gets_sigpipe_back_as_under_the_shell(tmp_path):
     out = subprocess.run([sys.executable, "-c", wl.batch_source(), "plan", str(plan)],
                          capture_output=True, text=True, timeout=20)
     assert out.stdout.splitlines() == [f"@@watchme-fact {128 + 13} {entries[0][0]}", "before"]
+
+
+def test_the_memo_key_on_stdin_is_read_after_the_plan_and_no_fact_sees_it(tmp_path, script):
+    """KEY=- (watchme/noop_memo.py): the inputs key is the runner's stdin, sent while ssh
+    connects; the verdict uses it, and a Python fact run in-process reads an empty stdin,
+    as its own command does under F (</dev/null)."""
+    text, entries = _plan(tmp_path, script)
+    text = text.replace(PLAN_JSON + "[", PLAN_JSON + json.dumps([[
+        json.dumps({"fact": ["py", "stdin"], "sha": "s"}), 1, "true",
+        Call(code="import sys\nprint(repr(sys.stdin.read()))").spec()]])[:-1] + ", ", 1)
+    plan = tmp_path / "plan.sh"
+    plan.write_text(text)
+    first = subprocess.run([sys.executable, "-S", "-c", wl.batch_source(), "plan", str(plan)],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
+    blocks = noop_answers.blocks_from_output(first)
+    assert _blocks(first)[json.dumps({"fact": ["py", "stdin"], "sha": "s"})] == (0, ["''"])
+    record = tmp_path / "record"
+    record.write_text(json.dumps({"commit": "abc"}) + "\n")
+    memo = tmp_path / "memo"
+    memo.write_text(json.dumps({"key": "k1", "answers": noop_answers.answers_hash(blocks, "abc"),
+                                "operations": [], "warnings": []}))
+    check = (ROOT / "watchme" / "noop_answers.py").read_text()
+    verdicts = {}
+    for key in ("k1", "k2"):
+        out = tmp_path / f"verdict-{key}"
+        p = subprocess.run([sys.executable, "-S", "-c", wl.batch_source(), "plan", str(plan),
+                            "--check", wl.packed_python(check), str(memo), str(record), "-",
+                            str(out)], input=key + "\n", capture_output=True, text=True,
+                           timeout=60, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        verdicts[key] = out.read_text()
+    assert verdicts["k1"].startswith("memo=hit "), verdicts["k1"]
+    assert verdicts["k2"].startswith("memo=miss the inputs differ"), verdicts["k2"]

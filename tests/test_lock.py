@@ -31,6 +31,23 @@ def test_script_is_valid_sh(mode):
         assert p.returncode == 0, p.stderr
 
 
+def test_what_is_sent_is_small_and_runs_as_the_source():
+    """The command carries the lock script without its comments and the Python packed; the
+    packed text defines what the file defines and runs as `python3 -c` runs the file."""
+    check = (ROOT / "watchme" / "noop_answers.py").read_text()
+    sent = wl.opening("memo", holder={"by": "x", "commit": "c", "since": "s"}, record={},
+                      key="-", check=check)
+    assert len(sent) < 20_000, len(sent)  # one TCP flight after the SSH handshake
+    assert not [l for l in wl.SENT_SCRIPT.splitlines() if l.lstrip().startswith("#")]
+    assert [l for l in wl.SCRIPT.splitlines() if l.lstrip().startswith("#")]
+    ns: dict = {"__name__": "noop_answers"}
+    exec(wl.packed_python(check), ns)
+    assert callable(ns["verdict"]) and callable(ns["host_check"])
+    out = subprocess.run([sys.executable, "-S", "-c", wl.packed_python("import sys\n"
+                          "print(__name__, sys.argv[1:])")], capture_output=True, text=True)
+    assert out.stdout == "__main__ []\n", out
+
+
 def test_plan_reaches_the_host_packed_and_verbatim():
     plan = "F 1 '{\"a\": 1}' 'echo $(id) `x`'\n" * 50
     head = wl.script("release", plan=plan).split("\n", 1)[0]
