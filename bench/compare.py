@@ -260,19 +260,28 @@ def main() -> int:
                              f"on {cores} cores)", ""))
         if len(local) > 1:
             for label, how in (("raw pyinfra", "deploy"), ("`watchme deploy`", "watchme")):
+                misses: list[str] = []
+
                 def all_at_once() -> float:
                     start = time.perf_counter()
                     with ThreadPoolExecutor(len(local)) as pool:
                         done = list(pool.map(lambda t: getattr(t, how)(), local))
                     assert all(changed(p) == 0 for _, p in done)
+                    misses.extend(next((l.split("--> no-op memo: ", 1)[1] for l in
+                                        p.stderr.splitlines() if "--> no-op memo: " in l), "?")
+                                  for _, p in done if how == "watchme" and not hit(p))
                     return time.perf_counter() - start
                 if how == "watchme":  # warm-up: the raw runs (and the WAN name) took the memos
                     with ThreadPoolExecutor(len(local)) as pool:
                         list(pool.map(lambda t: t.watchme(), local))
                 single = median(lambda: getattr(one, how)()[0], args.runs)
                 multi = median(all_at_once, args.runs)
+                runs = len(local) * args.runs
                 rows.append((f"no-op, {len(local)} hosts at once (one process each), local, {label}",
-                             f"{multi:.2f} s ({multi / single:.1f} x one host, {single:.2f} s)", ""))
+                             f"{multi:.2f} s ({multi / single:.1f} x one host, {single:.2f} s)",
+                             "" if how != "watchme" else f"{runs - len(misses)} of {runs} host "
+                             "runs were memo hits" + (f" (misses: {'; '.join(sorted(set(misses)))[:300]})"
+                                                      if misses else "")))
     finally:
         if proxy:
             proxy.terminate()
