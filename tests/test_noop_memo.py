@@ -478,3 +478,25 @@ def test_a_files_times_are_no_answer():
     for path in [*ROOT.glob("tasks/*.py"), *ROOT.glob("watchme/*.py"), ROOT / "deploy.py"]:
         if path.name not in ("noop_answers.py", "doctor.py"):
             assert not used.search(path.read_text()), path
+
+
+def test_a_unit_counts_only_as_running_or_not_and_enabled_or_not():
+    """The guard's oneshot service goes dead -> start -> dead as its timer runs it: no miss.
+    A unit that stops running, or is disabled, is one (LoadedUnits' process() reads exactly
+    these: noop_answers' RUNNING and ENABLED are the ones watchme/units.py decides with)."""
+    ident = json.dumps({"fact": ["watchme.units", "LoadedUnits", {"units": ["a"]}, {}], "sha": "u"})
+
+    def h(sub="dead", file="static", reload="no", active="inactive"):
+        return noop_answers.answers_hash([(0, ident, [
+            "Id=watchme-guard.service", f"NeedDaemonReload={reload}", f"ActiveState={active}",
+            f"SubState={sub}", f"UnitFileState={file}", ""])], "c")
+    assert h("dead") == h("start", active="activating") == h("failed", active="failed")
+    assert h("running", "enabled") == h("waiting", "static")
+    assert h("running") != h("dead")
+    assert h(file="enabled") != h(file="disabled")
+    assert h(reload="yes") != h()
+    from watchme import units
+    assert units.RUNNING is noop_answers.RUNNING and units.ENABLED is noop_answers.ENABLED
+    facts = units.LoadedUnits().process(["Id=x.service", "NeedDaemonReload=no", "SubState=start",
+                                         "UnitFileState=static", ""])
+    assert facts["x.service"]["running"] is False and facts["x.service"]["enabled"] is True

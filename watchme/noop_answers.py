@@ -15,7 +15,8 @@ VOLATILE lists output lines that change between reads by themselves and that no 
 the deploy decides on (tests/test_noop_memo.py checks that no Python file of tasks/ or
 watchme/ reads them): they are left out of the hash, or the memo would never match. COARSE maps an
 answer to what the deploy decides on (the disk guard's percent: below the threshold or
-not; a file's stat without its times), with the same check.
+not; a file's stat without its times; a unit running or not, enabled or not), with the
+same check.
 """
 
 import json
@@ -80,8 +81,31 @@ def _stat_times(lines, fact_kwargs):
             for line in lines]
 
 
+# What LoadedUnits' process() makes of SubState and UnitFileState (watchme/units.py takes
+# them from here): a unit is running or not, enabled or not.
+RUNNING = ("running", "waiting", "exited", "listening", "mounted")
+ENABLED = ("enabled", "static")
+
+
+def _unit_states(lines, fact_kwargs):
+    """`systemctl show` as LoadedUnits' process() reads it: SubState as running or not,
+    UnitFileState as enabled or not. The guard's oneshot service goes dead -> start -> dead
+    every time its timer runs it (every 5 minutes, for seconds on a busy host): both are
+    "not running", and no deploy decision tells them apart."""
+    out = []
+    for line in lines:
+        key, eq, value = line.partition("=")
+        if eq and key == "SubState":
+            line = "SubState=" + ("running" if value in RUNNING else "not running")
+        elif eq and key == "UnitFileState":
+            line = "UnitFileState=" + ("enabled" if value in ENABLED else "not enabled")
+        out.append(line)
+    return out
+
+
 # (fact module, fact class) -> lines as the deploy reads them, given the fact's arguments.
 COARSE = {("watchme.disk", "DockerDiskUsage"): _disk_percent,
+          ("watchme.units", "LoadedUnits"): _unit_states,
           **{("pyinfra.facts.files", name): _stat_times
              for name in ("File", "Directory", "Link", "Socket")}}
 

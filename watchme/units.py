@@ -13,6 +13,9 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
 from watchme.fact_batch import Call
+# SubState / UnitFileState values read as running / enabled: one definition, which the no-op
+# memo's hash uses too (a unit's answer is what these make of it).
+from watchme.noop_answers import ENABLED, RUNNING
 
 
 def unit_name(service) -> str:
@@ -83,8 +86,6 @@ class VendorUnits(FactBase):
 
 # What stock pyinfra counts as running / enabled (facts.systemd SystemdStatus, SystemdEnabled).
 GUARD_UNITS = ("watchme-guard.service", "watchme-guard.timer")  # tasks/guard.py
-RUNNING = ("running", "waiting", "exited", "listening", "mounted")
-ENABLED = ("enabled", "static")
 
 
 class LoadedUnits(FactBase):
