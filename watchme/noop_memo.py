@@ -293,38 +293,45 @@ class Answer:
         self.record = record or {}
 
 
-def start(target: Target, holder: dict, wait: int, want_facts: bool):
-    """The memo check of one host, started: one ssh command, the script in its command line
-    (on stdin it would cost a round trip more: OpenSSH sends stdin once the session is
-    open). The inputs key is not in it: `finish` sends it on stdin, computed while ssh
-    connects, and the host reads it only after its fact plan ran (KEY=-).
-    (process, record) or (None, Answer) when ssh cannot start."""
-    record = {"status": "ok", "started": holder["since"], "finished": holder["since"],
-              "by": holder["by"], "commit": holder["commit"], "changed": 0,
-              "changed_operations": [], "memo": True}
-    source = (Path(__file__).with_name("noop_answers.py")).read_text()
-    command = wl.opening("memo", holder=holder, record=record, wait=wait, facts=want_facts,
-                         key="-", check=source)
-    try:
-        return subprocess.Popen([*target.ssh, command], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True), record
-    except OSError as e:
-        return None, Answer(target, "error", f"ssh: {e}")
+class Check:
+    """The memo check of one host: one ssh command, the script in its command line (on stdin
+    it would cost a round trip more: OpenSSH sends stdin once the session is open), started
+    at once. The inputs key is not in it: finish() sends it on stdin, computed while ssh
+    connects, and the host reads it only after its fact plan ran (KEY=-)."""
+
+    def __init__(self, target: Target, holder: dict, wait: int, want_facts: bool):
+        self.target, self.wait = target, wait
+        self.record = {"status": "ok", "started": holder["since"], "finished": holder["since"],
+                       "by": holder["by"], "commit": holder["commit"], "changed": 0,
+                       "changed_operations": [], "memo": True}
+        source = (Path(__file__).with_name("noop_answers.py")).read_text()
+        command = wl.opening("memo", holder=holder, record=self.record, wait=wait,
+                             facts=want_facts, key="-", check=source)
+        self.proc, self.error = None, ""
+        try:
+            self.proc = subprocess.Popen([*target.ssh, command], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+        except OSError as e:
+            self.error = f"ssh: {e}"
+
+    def finish(self, key: str) -> Answer:
+        """Send the host's inputs key (host_key) and read the verdict."""
+        target, proc = self.target, self.proc
+        if proc is None:
+            return Answer(target, "error", self.error)
+        try:
+            stdout, stderr = proc.communicate(host_key(key, target.name) + "\n",
+                                              timeout=self.wait + 600)
+        except (OSError, subprocess.SubprocessError) as e:
+            proc.kill()
+            proc.wait()
+            return Answer(target, "error", f"ssh: {e}")
+        return _answer(target, self.record, proc.returncode, stdout, stderr)
 
 
-def finish(target: Target, started, key: str, wait: int) -> Answer:
-    """Send the host's inputs key (host_key) and read the verdict."""
-    proc, record = started
-    if proc is None:
-        return record  # the Answer start() gave
-    try:
-        stdout, stderr = proc.communicate(host_key(key, target.name) + "\n",
-                                          timeout=wait + 600)
-    except (OSError, subprocess.SubprocessError) as e:
-        proc.kill()
-        proc.wait()
-        return Answer(target, "error", f"ssh: {e}")
+def _answer(target: Target, record: dict, returncode: int, stdout: str, stderr: str) -> Answer:
+    """The memo command's output read: hit, miss (and why), held or error."""
     lines = stdout.splitlines()
     lock_lines, rest = wl.split(lines)
     out = wl.parse(lock_lines)
@@ -333,10 +340,10 @@ def finish(target: Target, started, key: str, wait: int) -> Answer:
     verdict = out.get("memo", "")
     if out.get("status") == "held":
         answer.status, answer.why = "held", "the deploy lock is held"
-    elif proc.returncode != 0 or not verdict:
+    elif returncode != 0 or not verdict:
         answer.status = "error"
-        answer.why = (stderr.strip().splitlines() or [f"ssh exit {proc.returncode}"])[-1] \
-            if proc.returncode != 0 else f"status={out.get('status', '?')}"
+        answer.why = (stderr.strip().splitlines() or [f"ssh exit {returncode}"])[-1] \
+            if returncode != 0 else f"status={out.get('status', '?')}"
     elif verdict.startswith("hit "):
         try:
             answer.memo = json.loads(verdict[4:])
@@ -452,20 +459,20 @@ def fast_path(options: Options, root: Path, env: dict) -> tuple[int | None, str]
             why = "--limit matches no host the memo knows"
     holder = wl.holder(env)
     # ssh first: the connection (~0.2 s here, ~1 s over a 100 ms link) hides the inputs key
-    started = [] if why else [start(t, holder, wait, bool(env.get("WATCHME_RECORD_DIR")))
-                              for t in hosts]
+    checks = [] if why else [Check(t, holder, wait, bool(env.get("WATCHME_RECORD_DIR")))
+                             for t in hosts]
     env[KEY_ENV] = inputs_key(root, env, options, holder["commit"])
     if why:
         return None, why
 
-    def one(n: int) -> Answer:
-        return finish(hosts[n], started[n], env[KEY_ENV], wait)
-    if len(hosts) == 1:  # (concurrent.futures and logging: ~10 ms of imports for nothing)
-        answers = [one(0)]
+    def one(c: Check) -> Answer:
+        return c.finish(env[KEY_ENV])
+    if len(checks) == 1:  # (concurrent.futures and logging: ~10 ms of imports for nothing)
+        answers = [one(checks[0])]
     else:
         from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(len(hosts)) as pool:
-            answers = list(pool.map(one, range(len(hosts))))
+        with ThreadPoolExecutor(len(checks)) as pool:
+            answers = list(pool.map(one, checks))
     for a in answers:
         _lock_notes(a, wait)
     if env.get("WATCHME_RECORD_DIR"):
