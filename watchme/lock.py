@@ -185,7 +185,10 @@ if [ "$MODE" = take ] || [ "$MODE" = check ]; then
   if [ "$FACTS" = 1 ] && [ -f "$plan" ]; then run_plan </dev/null || . "$plan"; fi
 fi
 if [ "$MODE" = memo ]; then
-  mout={lock_dir}/memo.$$  # (this process holds the lock: no other memo check runs)
+  # (this process holds the lock: no other memo check runs; the verdict file emptied first,
+  # so a killed run's leftover under a reused pid can never be read as this run's)
+  mout={lock_dir}/memo.$$
+  : > "$mout.v"
   # KEY=-: the inputs key comes on stdin (one line), sent while ssh connects; the runner
   # reads it once the plan has run, so neither side waits for the other.
   if [ "$KEY" != - ] && ! grep -qF "\"key\": \"$KEY\"" "$memo" 2>/dev/null; then
