@@ -350,6 +350,33 @@ def test_a_held_lock_fails_the_fast_path_or_is_waited_for(converged, host, env, 
         host.run(f"rm -f {wl.LOCK_DIR}/deploy.lock")
 
 
+def test_a_memo_check_cut_before_its_key_arrives_ends_and_its_lock_is_taken_over(
+        converged, host, env):
+    """The key comes on stdin once ssh is up (KEY=-): a check whose laptop dies before
+    sending it does not hang on the host (stdin's end is an empty key: a miss), leaves at
+    most a stale lock (its session is gone) that the next deploy takes over, the services
+    keep serving, and that next deploy is a hit."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("WATCHME_")}
+    full.update(env)
+    lock = host.file(wl.LOCK_DIR + "/deploy.lock")
+    check = noop_memo.Check(noop_memo.targets(full)[0], wl.holder(full), 0, False)
+    deadline = time.time() + 60
+    while not lock.exists and time.time() < deadline:
+        time.sleep(0.2)
+    assert lock.exists, "the check never took the lock"
+    time.sleep(1)  # the plan has run: the host now waits for the key
+    check.proc.kill()  # the connection is cut, no key sent
+    check.proc.wait()
+    deadline = time.time() + 60
+    while host.run("pgrep -f [z]lib.decompress").rc == 0 and time.time() < deadline:
+        time.sleep(0.5)
+    assert host.run("pgrep -f [z]lib.decompress").rc != 0, "the check still runs on the host"
+    for s in (ALPHA, BETA):
+        assert host.run(f"curl -sf http://127.0.0.1:{s['port']}/").stdout.strip() == s["name"]
+    _hit(env, host)
+    assert not lock.exists
+
+
 BATCHED = {"DockerNetwork", "NetworkReport", "DockerDiskUsage", "RunningContainers",
            "Candidates", "DockerCredHelpers"}
 
