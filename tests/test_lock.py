@@ -48,6 +48,22 @@ def test_what_is_sent_is_small_and_runs_as_the_source():
     assert out.stdout == "__main__ []\n", out
 
 
+
+@pytest.mark.parametrize("sudo, expect", [
+    ("exit 1", ("status=no-sudo\n", 0)),       # sudo -n refused: the script never ran
+    ('shift 2; exec "$@"', ("ran\n", 3)),       # the script ran and failed with 1: not sudo
+])
+def test_opening_tells_a_sudo_refusal_from_the_scripts_own_failure(tmp_path, sudo, expect):
+    """One sudo, no `sudo -n true` first: its exit 1 says "no sudo", and the script's own
+    exit 1 (set -e) reaches the caller as 3, never as that."""
+    for name, body in (("id", "echo 1000"), ("sudo", sudo)):
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    text = wl.OPENING.format(s=shlex.quote(wl.ROOT_EXIT + "; set -eu; echo ran; false"))
+    p = subprocess.run(["sh", "-c", text], capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert (p.stdout, p.returncode) == expect, p.stderr
+
 def test_plan_reaches_the_host_packed_and_verbatim():
     plan = "F 1 '{\"a\": 1}' 'echo $(id) `x`'\n" * 50
     head = wl.script("release", plan=plan).split("\n", 1)[0]
