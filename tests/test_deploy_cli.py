@@ -1,5 +1,7 @@
 """watchme/deploy.py: a failed connection ends the output with one line per host."""
 
+from pathlib import Path
+
 from watchme.deploy import failure_lines
 
 
@@ -26,9 +28,9 @@ def test_no_line_for_other_output():
 
 def test_runs_in_the_checkout_it_is_called_from(tmp_path):
     """A `pipx install .` CLI has no checkout of its own: the current directory is used."""
-    from watchme.deploy import ROOT, checkout
+    from watchme.deploy import ROOT_DIR, checkout
 
-    assert checkout(tmp_path) == ROOT  # an editable install still finds its own checkout
+    assert checkout(tmp_path) == Path(ROOT_DIR)  # an editable install still finds its own checkout
     (tmp_path / "deploy.py").write_text("")
     (tmp_path / "inventory.py").write_text("")
     assert checkout(tmp_path) == tmp_path
@@ -38,7 +40,7 @@ def test_full_and_unknown_options_skip_the_memo_but_pass_the_key(tmp_path):
     """`--full` / WATCHME_FULL=1 and options the memo does not cover always run pyinfra; the
     pyinfra run still gets the inputs key, so a qualifying run leaves a memo."""
     from watchme import noop_memo
-    from watchme.deploy import ROOT
+    from watchme.deploy import ROOT_DIR as ROOT
 
     for args, env in ((["-y", "--full"], {}), (["-y"], {noop_memo.FULL_ENV: "1"}),
                       (["--dry"], {})):

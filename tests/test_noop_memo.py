@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,39 @@ def test_the_fast_path_imports_no_pyinfra_pydantic_or_jinja():
     heavy = [l for l in p.stderr.splitlines()
              if re.search(r"\| +(pyinfra|pydantic|jinja2|paramiko|gevent)\b", l)]
     assert p.returncode == 0 and heavy == [], heavy[:5]
+
+
+def test_ssh_starts_before_the_imports_it_does_not_need(tmp_path):
+    """Every millisecond before the memo check's ssh starts is one more of a no-op: by then
+    git has been asked and nothing but the command's own needs is imported (no subprocess,
+    pathlib, hashlib, datetime; those come while ssh connects). Run without site, as a
+    launcher with a plain path entry runs it."""
+    state = tmp_path / "host.json"
+    state.write_text(json.dumps({"name": "h", "port": 2222, "user": "ubuntu",
+                                 "key": "/k", "known_hosts": "/kh"}))
+    probe = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import watchme.spawn as sp
+        real, seen = sp.Proc.__init__, []
+        def init(self, argv, *a, **k):
+            if argv[0] == "ssh":
+                print(" ".join(seen), "|", " ".join(sorted(sys.modules)))
+                os._exit(0)
+            seen.append(argv[3])
+            real(self, argv, *a, **k)
+        sp.Proc.__init__ = init
+        from watchme.deploy import main
+        main(["-y", "--json"])
+        """)
+    p = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                       cwd=ROOT, env={**os.environ, "WATCHME_TESTHOST": str(state)})
+    asked, _, loaded = p.stdout.partition(" | ")
+    assert p.returncode == 0 and loaded, p.stdout + p.stderr
+    assert asked.split() == ["rev-parse", "status"], asked
+    early = set(loaded.split()) & {"subprocess", "pathlib", "hashlib", "datetime", "selectors",
+                                   "threading", "base64", "dataclasses", "inspect"}
+    assert not early, f"imported before ssh started: {sorted(early)}"
 
 
 # -- end to end ---------------------------------------------------------------------------------

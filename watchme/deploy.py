@@ -17,13 +17,13 @@ has no checkout of its own), else the checkout this module was installed from (`
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONNECT_ERROR = re.compile(
+# (re, subprocess and pathlib are imported after git has started and where they are used:
+# every millisecond before the memo check's ssh starts is one more of a no-op deploy;
+# watchme/spawn.py.)
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+CONNECT_ERROR = (
     r"^\s*\[(?P<host>[^\]]+)\]\s+(?P<cause>(?:Authentication error|Could not connect|SSH error|"
     r"SSH host key error|Could not resolve hostname|EOF error).*)$")
 FIXES = {
@@ -37,30 +37,38 @@ FIXES = {
 
 
 def failure_lines(output: str) -> list[str]:
+    import re
     lines = []
     for line in output.splitlines():
-        m = CONNECT_ERROR.match(line)
+        m = re.match(CONNECT_ERROR, line)
         if m:
             fix = next((f for key, f in FIXES.items() if key in m["cause"]), None)
             lines.append(f"deploy failed: {m['host']}: {m['cause']}" + (f"; fix: {fix}" if fix else ""))
     return lines
 
 
-def checkout(cwd: Path | None = None) -> Path | None:
-    for folder in (cwd or Path.cwd(), ROOT):
-        if (folder / "deploy.py").is_file() and (folder / "inventory.py").is_file():
-            return folder
+def checkout_dir(cwd: str | None = None) -> str | None:
+    """The checkout to run in (module docstring), as a path string."""
+    for folder in (cwd or os.getcwd(), ROOT_DIR):
+        if all(os.path.isfile(os.path.join(folder, f)) for f in ("deploy.py", "inventory.py")):
+            return str(folder)
     return None
 
 
+def checkout(cwd: Path | None = None) -> Path | None:
+    from pathlib import Path
+    found = checkout_dir(cwd)
+    return None if found is None else Path(found)
+
+
 def main(args: list[str]) -> int:
-    root = checkout()
+    root = checkout_dir()
     if root is None:
         print("watchme deploy: no deploy.py and inventory.py here; fix: cd into the "
               "watchme-server-configs checkout and run it again", file=sys.stderr)
         return 2
-    from watchme import lock
-    lock.ask_commit()  # git works while the rest is imported
+    from watchme import gitcommit
+    gitcommit.ask_commit()  # git works while the rest is imported
     from watchme import noop_memo
 
     options = noop_memo.parse_args(args)
@@ -75,6 +83,8 @@ def main(args: list[str]) -> int:
         sys.stderr.flush()
         os._exit(rc)
     print(f"--> no-op memo: {why}; running pyinfra", file=sys.stderr)
+    import subprocess
+    from pathlib import Path
     pyinfra = Path(sys.executable).with_name("pyinfra")
     cmd = [str(pyinfra), *options.pyinfra_args, "inventory.py", "deploy.py"]
     proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True)

@@ -41,15 +41,14 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
-from pathlib import Path
 
 from watchme import lock as wl
 from watchme.fact_batch import PLAN_JSON
+from watchme.spawn import Proc
 from watchme.targets import DEFAULT_TESTHOST, IP_RE, entries
 
-ROOT = Path(__file__).resolve().parent.parent
+# (No subprocess or pathlib before the memo check's ssh has started: watchme/spawn.py.)
 KEY_ENV = "WATCHME_MEMO_KEY"  # set by `watchme deploy` for the pyinfra run it starts
 FULL_ENV = "WATCHME_FULL"
 # How to reach and authenticate the host, where records go: never what is deployed. (Were
@@ -102,6 +101,8 @@ def parse_args(args: list[str], env: dict | None = None) -> Options:
 
 
 def _files(root: Path) -> list[Path]:
+    from pathlib import Path
+    root = Path(root)
     found = [root / f for f in INPUT_FILES]
     for d in INPUT_DIRS:
         found += [p for p in (root / d).rglob("*")
@@ -127,6 +128,7 @@ def _versions() -> dict[str, str]:
 
 def _file_digest(path: str | Path) -> str:
     import hashlib
+    from pathlib import Path
     try:
         return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
     except OSError:
@@ -136,6 +138,8 @@ def _file_digest(path: str | Path) -> str:
 def inputs_key(root: Path, env: dict, options: Options, commit: str) -> str:
     """sha256 over everything local that can change the deploy (module docstring)."""
     import hashlib  # (after ssh started: fast_path)
+    from pathlib import Path
+    root = Path(root)
     h = hashlib.sha256()
 
     def add(*parts: str) -> None:
@@ -192,16 +196,18 @@ def _ssh_base(known_hosts: str | None, key: str | None, config: str | None) -> l
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
            "-o", "ConnectTimeout=15", "-o", "ControlMaster=no", "-o", "ControlPath=none"]
     if config:
-        cmd += ["-F", str(Path(config).expanduser())]
+        cmd += ["-F", os.path.expanduser(config)]
     if known_hosts:
-        cmd += ["-o", f"UserKnownHostsFile={Path(known_hosts).expanduser()}"]
+        cmd += ["-o", f"UserKnownHostsFile={os.path.expanduser(known_hosts)}"]
     if key:
-        cmd += ["-i", str(Path(key).expanduser()), "-o", "IdentitiesOnly=yes"]
+        cmd += ["-i", os.path.expanduser(key), "-o", "IdentitiesOnly=yes"]
     return cmd
 
 
 def _config_sets_user(base: list[str], alias: str) -> bool:
     """Whether the ssh config names a User for this alias (else pyinfra's default user)."""
+    import subprocess
+
     def user(cmd: list[str]) -> str:
         out = subprocess.run([*cmd, "-G", alias], capture_output=True, text=True, timeout=10)
         return next((l.split(" ", 1)[1] for l in out.stdout.splitlines()
@@ -218,9 +224,10 @@ def targets(env: dict) -> list[Target]:
         raise NoFastPath("an offline preview (WATCHME_REPLAY_DIR)")
     spec = env.get("WATCHME_HOSTS", "")
     if not spec.strip():
-        path = Path(env.get("WATCHME_TESTHOST") or DEFAULT_TESTHOST)
+        path = env.get("WATCHME_TESTHOST") or DEFAULT_TESTHOST
         try:
-            h = json.loads(path.read_text())
+            with open(path, encoding="utf-8") as f:
+                h = json.loads(f.read())
             base = _ssh_base(h["known_hosts"], h["key"], None)
             return [Target(f"127.0.0.1:{h['port']}", "testhost",
                            [*base, "-p", str(int(h["port"])), "-l", h["user"], "127.0.0.1"])]
@@ -267,8 +274,11 @@ def lock_wait(options: Options, root: Path) -> int:
             return int(v)
     found = None
     for name in ("all.py", "production.py", "testhost.py"):
-        path = root / "group_data" / name
-        text = path.read_text() if path.is_file() else ""
+        path = os.path.join(root, "group_data", name)
+        text = ""
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
         m = re.search(r"^lock_wait_seconds\s*=\s*(\S+)", text, re.M)
         if m and name != "all.py":
             raise NoFastPath(f"group_data/{name} sets lock_wait_seconds per group")
@@ -304,14 +314,13 @@ class Check:
         self.record = {"status": "ok", "started": holder["since"], "finished": holder["since"],
                        "by": holder["by"], "commit": holder["commit"], "changed": 0,
                        "changed_operations": [], "memo": True}
-        source = (Path(__file__).with_name("noop_answers.py")).read_text()
+        with open(os.path.join(os.path.dirname(__file__), "noop_answers.py"), encoding="utf-8") as f:
+            source = f.read()
         command = wl.opening("memo", holder=holder, record=self.record, wait=wait,
                              facts=want_facts, key="-", check=source)
         self.proc, self.error = None, ""
         try:
-            self.proc = subprocess.Popen([*target.ssh, command], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True)
+            self.proc = Proc([*target.ssh, command], stdin=True)
         except OSError as e:
             self.error = f"ssh: {e}"
 
@@ -323,9 +332,8 @@ class Check:
         try:
             stdout, stderr = proc.communicate(host_key(key, target.name) + "\n",
                                               timeout=self.wait + 600)
-        except (OSError, subprocess.SubprocessError) as e:
+        except (OSError, TimeoutError) as e:
             proc.kill()
-            proc.wait()
             return Answer(target, "error", f"ssh: {e}")
         return _answer(target, self.record, proc.returncode, stdout, stderr)
 
@@ -414,6 +422,7 @@ def run_json(answers: list[Answer]) -> dict:
 
 
 def _save_records(answers: list[Answer], directory: str) -> None:
+    from pathlib import Path
     Path(directory).mkdir(parents=True, exist_ok=True)
     for a in answers:
         name = wl.safe_name(a.target.name)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TESTHOST = ROOT / ".testhost" / "current.json"
+# (pathlib is imported where it is used: `watchme deploy` reads this module before its
+# memo check's ssh starts, and pathlib is ~8 ms of imports; watchme/spawn.py says why.)
+ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+DEFAULT_TESTHOST = os.path.join(ROOT, ".testhost", "current.json")
 ENTRY_RE = re.compile(r"^(?:(?P<name>[A-Za-z0-9_.-]+)=)?"
                       r"(?:(?P<user>[a-z_][a-z0-9_.-]*)@)?(?P<host>[A-Za-z0-9_.-]+|\[[0-9a-fA-F:]+\])"
                       r"(?::(?P<port>\d{1,5}))?$")
@@ -27,6 +28,7 @@ class TargetError(Exception):
 
 def ssh_config(env: dict):
     """The operator's ~/.ssh/config (or WATCHME_SSH_CONFIG), as OpenSSH reads it (Include too)."""
+    from pathlib import Path
     from pyinfra.connectors.sshuserclient.config import SSHConfig
 
     path = Path(env.get("WATCHME_SSH_CONFIG") or Path.home() / ".ssh" / "config").expanduser()
@@ -42,6 +44,7 @@ def ssh_config(env: dict):
 
 def _alias(item: str, alias: str, config, path: Path) -> dict:
     """HostName/User/Port/IdentityFile of a ~/.ssh/config Host alias, as pyinfra host data."""
+    from pathlib import Path
     found = config.lookup(alias)
     data: dict = {}
     if found.get("hostname", alias) != alias:
@@ -124,6 +127,7 @@ def parse_hosts(spec: str, default_user: str, env: dict | None = None) -> list[t
 
 
 def _key(env: dict) -> dict:
+    from pathlib import Path
     key = env.get("WATCHME_SSH_KEY")
     if not key:
         return {}
@@ -144,6 +148,7 @@ def _key(env: dict) -> dict:
 
 
 def _known_hosts(env: dict) -> dict:
+    from pathlib import Path
     path = env.get("WATCHME_KNOWN_HOSTS")
     if not path:
         return {}  # paramiko reads ~/.ssh/known_hosts (hashed |1| entries too)
@@ -155,6 +160,7 @@ def _known_hosts(env: dict) -> dict:
 
 def production(env: dict | None = None) -> list[tuple[str, dict]]:
     """Hosts from WATCHME_HOSTS; host keys must already be known (never trusted on first use)."""
+    from pathlib import Path
     env = os.environ if env is None else env
     spec = env.get("WATCHME_HOSTS", "")
     if not spec.strip():
@@ -176,6 +182,7 @@ def replay(env: dict | None = None) -> list[tuple[str, dict]]:
     Never a connection: watchme/replay.py answers from the records. Order is the record
     files' (sorted) order; the front is the record that says so, else the first.
     """
+    from pathlib import Path
     env = os.environ if env is None else env
     folder = env.get("WATCHME_REPLAY_DIR")
     if not folder:
@@ -202,6 +209,7 @@ def testhost(env: dict | None = None) -> list[tuple[str, dict]]:
     Its host key was read from the container itself (docker exec) when it started, so
     strict checking stays on here too.
     """
+    from pathlib import Path
     env = os.environ if env is None else env
     if env.get("WATCHME_HOSTS", "").strip() or env.get("WATCHME_REPLAY_DIR"):
         return []
