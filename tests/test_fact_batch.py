@@ -191,3 +191,47 @@ def test_the_memo_key_on_stdin_is_read_after_the_plan_and_no_fact_sees_it(tmp_pa
         verdicts[key] = out.read_text()
     assert verdicts["k1"].startswith("memo=hit "), verdicts["k1"]
     assert verdicts["k2"].startswith("memo=miss the inputs differ"), verdicts["k2"]
+
+
+# -- the plan read without json's module (re, enum: ~15 ms on the host before any fact) ---
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from watchme.fact_batch import _loads  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text()
+                    | st.floats(allow_nan=False, allow_infinity=False),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+                    max_leaves=20)
+
+
+@given(JSON, st.sampled_from(["", " ", "\n", "\t\r\n "]))
+def test_the_plan_reader_reads_what_json_reads(value, pad):
+    text = pad + json.dumps(value, ensure_ascii=False) + pad
+    assert _loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "  ", "[1,", '{"a": 1} x', "[1] [2]", "{'a': 1}", "nul"])
+def test_the_plan_reader_refuses_what_json_refuses(text):
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        _loads(text)
+
+
+def test_the_runner_starts_its_facts_before_json_re_or_enum(tmp_path):
+    """The shell facts start before the imports only the Python facts need."""
+    probe = ("import sys, os\n"
+             f"sys.path.insert(0, {str(ROOT)!r})\n"
+             "import watchme.fact_batch as fb\n"
+             "real = os.posix_spawnp\n"
+             "def spawn(*a, **k):\n"
+             "    print(' '.join(m for m in ('json', 're', 'enum', 'signal', 'shlex') if m in sys.modules))\n"
+             "    os._exit(0)\n"
+             "os.posix_spawnp = spawn\n"
+             "fb.run_plan(sys.argv[1], times_path='')\n")
+    plan = tmp_path / "fact-plan.sh"
+    plan.write_text("#J " + json.dumps([["id", 1, "true", None]]) + "\n")
+    p = subprocess.run([sys.executable, "-S", "-c", probe, str(plan)], capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and p.stdout == "\n", p.stdout + p.stderr

@@ -39,10 +39,13 @@ and that the whole plan answers here as through the shell's lines.
 """
 
 import io
-import json
 import os
-import shlex
 import sys
+
+# (No json, shlex or signal module at the top: on the host their imports (re, enum) are
+# ~15 ms before the first shell fact could start; the plan is read with json's own C
+# scanner (_loads), signals through _signal, and the Python facts import what they need
+# while the shell facts already run.)
 
 MARK = "@@watchme-fact"
 # The plan's line for this runner (watchme/prefetch.py): "#J " + JSON [[identity, sudo,
@@ -69,6 +72,7 @@ class Call:
                 "fallback": bool(self.fallback)}
 
     def command(self):
+        import shlex
         q = shlex.quote
         args = "".join(" " + q(a) for a in self.argv)
         if self.code:
@@ -163,7 +167,7 @@ class _Shells:
         self.busy = self.missed = False
 
     def _spawn(self, n):
-        import signal
+        import _signal as signal  # (run_plan says why)
         import time
         identity, sudo, command, _ = self.entries[n]
         argv = ["sh", "-c", command]
@@ -249,16 +253,44 @@ class _Shells:
             self.reap(block=True)
 
 
+def _loads(text):
+    """json.loads without json's module: its decoder imports re (and enum), ~15 ms of the
+    host's time before the plan's first fact could start. json's own C scanner (_json) with
+    json's defaults; the json module where that is missing."""
+    try:
+        from _json import make_scanner
+    except ImportError:
+        make_scanner = None
+    if make_scanner is None:
+        import json
+        return json.loads(text)
+
+    class Defaults:  # what json.JSONDecoder() gives the scanner
+        strict, object_hook, object_pairs_hook, memo = True, None, None, {}
+        parse_float, parse_int, parse_constant = float, int, float
+
+    ws = " \t\n\r"
+    start = len(text) - len(text.lstrip(ws))
+    try:
+        value, end = make_scanner(Defaults())(text, start)
+    except StopIteration as e:
+        raise ValueError(f"no JSON value at {e.value}") from None
+    if text[end:].strip(ws):
+        raise ValueError(f"extra data after JSON at {end}")
+    return value
+
+
 def _load_times(path):
     try:
         with open(path, encoding="utf-8") as f:
-            times = json.load(f)
+            times = _loads(f.read())
         return times if isinstance(times, dict) else {}
     except (OSError, ValueError):
         return {}
 
 
 def _save_times(path, times):
+    import json
     try:
         with open(path + ".new", "w", encoding="utf-8") as f:
             json.dump(times, f)
@@ -278,11 +310,11 @@ def run_plan(path, sudo_user="", lanes=2, times_path=TIMES):
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             if line.startswith(PLAN_JSON):
-                entries = json.loads(line[len(PLAN_JSON):])
+                entries = _loads(line[len(PLAN_JSON):])
                 break
     if entries is None:
         return None
-    import signal
+    import _signal as signal  # (signal.py imports enum: ~8 ms; the C module is all it wraps)
     before = _load_times(times_path)
     shells = _Shells(entries, sorted((n for n, e in enumerate(entries) if not e[3]),
                                      key=lambda n: -before.get(entries[n][0][-40:], 0)),
@@ -336,7 +368,7 @@ def main(argv):
             with open(verdict, "w", encoding="utf-8") as f:
                 f.write(check(source, memo, record, key, text) + "\n")
         return 0
-    for identity, spec in json.loads(argv[-1]):
+    for identity, spec in _loads(argv[-1]):
         answer = run(spec)
         if answer is not None:
             out.write(block(answer[0], identity, answer[1]).encode("utf-8", "surrogateescape"))
