@@ -230,7 +230,7 @@ fi
 
 # The first command of a deploy, as the login user: the lock script with sudo, in the same
 # round trip; without passwordless sudo it says so and the preflight gives the fix. The
-# script is in the command once, its comment lines left out and its Python packed (~17 KB,
+# script is in the command once, its comment lines left out and its Python packed (~19 KB,
 # was 31 KB: a new connection's TCP window after the SSH handshake is ~20-25 KB, so on a
 # real WAN the command arrives in one flight, not two; the latency proxy cannot show that).
 # No `sudo -n true` first (a second sudo, ~12 ms of every no-op): sudo -n that cannot run
