@@ -13,7 +13,8 @@ row, locally and through /work/shared/tools/latency-proxy.py (DELAY_MS each way,
   a CI runner), after one warm-up run that leaves the memo for this inventory name;
 - raw pyinfra, `pyinfra -y --json inventory.py deploy.py`, no local state and the
   operator's HOME (measured first: a run outside `watchme deploy` removes the memo);
-- `ssh host true` (OpenSSH, a new connection each time): the floor;
+- `ssh host true` (OpenSSH, a new connection each time): the floor; also with the memo
+  check's key exchanges (pyinfra's: curve25519, not OpenSSH 9.x's sntrup761x25519);
 - the bash one-shot, reduced job: one `ssh host sudo sh -s` that checks what a no-op must
   (packages installed, services enabled and active, every unit active, the sha256 of every
   rendered file against a manifest taken after the converge) and prints "no change";
@@ -113,6 +114,12 @@ class Target:
     def watchme(self, *extra: str, home: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
         """The operator's command."""
         return timed([WATCHME, "deploy", "-y", "--json", *extra], self.env(home), timeout=1800)
+
+
+def kex(ssh: list[str]) -> list[str]:
+    """The same ssh command with the memo check's key exchanges (watchme/noop_memo.py KEX)."""
+    from watchme.noop_memo import KEX
+    return [*ssh[:-1], "-o", f"KexAlgorithms={KEX}", ssh[-1]]
 
 
 def sessions(stderr: str) -> tuple[int, int]:
@@ -225,6 +232,7 @@ def main() -> int:
             assert all(changed(p) == 0 for _, p in ours), [p.stderr[-500:] for _, p in ours]
             hits = sum(hit(p) for _, p in ours)
             floor = median(lambda: timed([*t.ssh, "true"])[0], args.runs)
+            floor_kex = median(lambda: timed(kex(t.ssh) + ["true"])[0], args.runs)
 
             def oneshot() -> float:
                 wall, p = timed([*t.ssh, "sudo", "sh", "-s"], input=script)
@@ -241,6 +249,8 @@ def main() -> int:
                  f"{nf:.2f} s ({nf / floor:.1f} x ssh true)", f"{c + u} sessions"),
                 (f"no-op, {label}, raw pyinfra, operator's HOME", f"{cached:.2f} s", f"{c + u} sessions"),
                 (f"`ssh host true`, {label}", f"{floor:.2f} s", "1 session"),
+                (f"`ssh host true` with the memo check's key exchange (pyinfra's), {label}",
+                 f"{floor_kex:.2f} s", "1 session"),
                 (f"bash one-shot (reduced job), {label}", f"{bash:.2f} s", "1 session"),
             ]
         # What one no-op costs in CPU, here and on the host: N hosts at once on this machine
@@ -248,6 +258,7 @@ def main() -> int:
         one.watchme()  # warm-up: the WAN runs took the memo under another name
         costs = [("`watchme deploy` (memo hit)", lambda: one.watchme()),
                  ("`ssh host true`", lambda: timed([*one.ssh, "true"])),
+                 ("`ssh host true`, pyinfra's key exchange", lambda: timed(kex(one.ssh) + ["true"])),
                  ("bash one-shot", lambda: timed([*one.ssh, "sudo", "sh", "-s"], input=script))]
         cores = os.cpu_count() or 1
         for label, fn in costs:
