@@ -25,11 +25,12 @@ import os
 import re
 import shlex
 
+from watchme.gitcommit import ask_commit, commit  # noqa: F401 (the holder's commit, here too)
+
 # (No subprocess, pathlib, datetime or getpass here: `watchme deploy` imports this module
 # before its memo check's ssh starts, and those are ~15 ms of imports; the functions that
 # need them import them.)
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-from watchme.gitcommit import ask_commit, commit  # noqa: E402,F401 (the holder's commit)
 LOCK_DIR = "/run/watchme"  # tmpfs: a reboot ends every session, so it ends every lock too
 RECORD = "/var/lib/watchme/last-deploy.json"
 PLAN = "/var/lib/watchme/fact-plan.sh"
@@ -264,8 +265,9 @@ def script(mode: str, holder: dict | None = None, record: dict | None = None,
             f"MEMO={shlex.quote(json.dumps(memo, sort_keys=True) if memo else '')}; "
             f"KEY={shlex.quote(key)}; CHECK={shlex.quote(packed_python(check) if check else '')}; "
             f"BATCH={shlex.quote(batch_source() if mode in ('take', 'check', 'memo') else '')}; ")
-    return ROOT_EXIT + "; " + head + SENT_SCRIPT.format(lock_dir=LOCK_DIR, work=WORK, record=RECORD, plan=PLAN,
-                                     memo=MEMO, facts=FACTS)
+    body = SENT_SCRIPT.format(lock_dir=LOCK_DIR, work=WORK, record=RECORD, plan=PLAN, memo=MEMO,
+                              facts=FACTS)
+    return ROOT_EXIT + "; " + head + body
 
 
 # SCRIPT as sent: without its comment lines (a third of it; none is inside a string).

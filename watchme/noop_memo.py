@@ -325,7 +325,8 @@ class Check:
         self.record = {"status": "ok", "started": holder["since"], "finished": holder["since"],
                        "by": holder["by"], "commit": holder["commit"], "changed": 0,
                        "changed_operations": [], "memo": True}
-        with open(os.path.join(os.path.dirname(__file__), "noop_answers.py"), encoding="utf-8") as f:
+        checker = os.path.join(os.path.dirname(__file__), "noop_answers.py")
+        with open(checker, encoding="utf-8") as f:
             source = f.read()
         command = wl.opening("memo", holder=holder, record=self.record, wait=wait,
                              facts=want_facts, key="-", check=source)

@@ -76,8 +76,10 @@ class Proc:
                 raise TimeoutError(f"no answer in {timeout} s")
             for fd, event in poll.poll(None if left is None else max(1, int(left * 1000))):
                 if fd == self.stdin:
-                    try:
-                        data = data[os.write(fd, data):] if not event & (select.POLLERR | select.POLLHUP) else b""
+                    try:  # (the reader gone: the rest is not wanted)
+                        gone = event & (select.POLLERR | select.POLLHUP)
+                        # (PIPE_BUF at a time: POLLOUT promises that much, no more)
+                        data = b"" if gone else data[os.write(fd, data[:select.PIPE_BUF]):]
                     except BrokenPipeError:
                         data = b""
                     if not data:
