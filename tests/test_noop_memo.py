@@ -428,6 +428,27 @@ def test_a_memo_check_cut_before_its_key_arrives_ends_and_its_lock_is_taken_over
     assert not lock.exists
 
 
+def test_a_server_without_the_memos_key_exchanges_gets_pyinfra(converged, host, env, testhost):
+    """The memo check offers pyinfra's key exchanges without the SHA-1 ones: a server that
+    only speaks diffie-hellman-group14-sha1 refuses it, the deploy runs pyinfra (paramiko
+    still connects), changes nothing, the services keep serving, and once the server
+    speaks curve25519 again the next deploy is a memo hit."""
+    def sshd(cmd: str) -> None:  # docker exec: testinfra's own ssh would be refused too
+        subprocess.run(["docker", "exec", testhost.name, "sh", "-c", cmd], check=True)
+    drop_in = "/etc/ssh/sshd_config.d/00-watchme-test-kex.conf"
+    sshd(f"echo 'KexAlgorithms diffie-hellman-group14-sha1' > {drop_in} && systemctl reload ssh")
+    try:
+        run, sessions = _wd(env)
+        assert run.rc == 0 and run.totals["success"] == 0, run.stderr[-3000:]
+        assert sessions == 1 and MISS in run.stderr
+        assert "key exchange" in next(l for l in run.stderr.splitlines() if MISS in l)
+        for s in (ALPHA, BETA):
+            sshd(f"curl -sf http://127.0.0.1:{s['port']}/ | grep -qx {s['name']}")
+    finally:
+        sshd(f"rm -f {drop_in} && systemctl reload ssh")
+    _hit(env, host)
+
+
 BATCHED = {"DockerNetwork", "NetworkReport", "DockerDiskUsage", "RunningContainers",
            "Candidates", "DockerCredHelpers"}
 

@@ -25,12 +25,12 @@ import os
 import re
 import shlex
 
-from watchme.gitcommit import ask_commit, commit  # noqa: F401 (the holder's commit, here too)
+# (the holder's commit; ROOT: the checkout)
+from watchme.gitcommit import ROOT, ask_commit, commit  # noqa: F401
 
 # (No subprocess, pathlib, datetime or getpass here: `watchme deploy` imports this module
 # before its memo check's ssh starts, and those are ~15 ms of imports; the functions that
 # need them import them.)
-ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 LOCK_DIR = "/run/watchme"  # tmpfs: a reboot ends every session, so it ends every lock too
 RECORD = "/var/lib/watchme/last-deploy.json"
 PLAN = "/var/lib/watchme/fact-plan.sh"
